@@ -1,0 +1,467 @@
+"""Analytic oracles: Gaussian mixtures whose score and density are exact at every diffusion time.
+
+Every SDE of :mod:`scoresde.sde` is linear with Gaussian transition
+``x(t) | x(0) ~ N(m(t) x(0), s(t)^2 I)`` (Song et al. 2021, Section 3.4 and Appendix B). If the data
+are a Gaussian mixture ``p_0 = sum_k w_k N(mu_k, Sigma_k)``, then convolving each component with
+the transition kernel gives again a Gaussian mixture,
+
+    p_t(x) = sum_k w_k N(x; m(t) mu_k, m(t)^2 Sigma_k + s(t)^2 I),
+
+with the same weights, so ``log p_t`` and the score ``grad_x log p_t`` are known in closed form:
+
+    grad_x log p_t(x) = sum_k r_k(x, t) (m(t) mu_k - x) / (m(t)^2 Sigma_k + s(t)^2),
+    r_k(x, t) = softmax_k(log w_k + log N(x; m(t) mu_k, m(t)^2 Sigma_k + s(t)^2 I)).
+
+``Sigma_k`` is diagonal here (isotropic ``sigma_k^2 I`` or ``diag(sigma_k1^2, ..., sigma_kD^2)``),
+so every operation is elementwise over the ``D`` coordinates. Samplers are tested on the
+distribution they produce and likelihoods on the exact log-density; see ``docs/`` and the tests.
+
+This module also holds the classic 2-D toy data sets (two moons, eight Gaussians, checkerboard,
+swiss roll) as reproducible torch generators, and two ready-made oracles (:func:`mixture_2d`,
+:func:`mixture_nd`).
+
+Reference: Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), "Score-Based Generative
+Modeling through Stochastic Differential Equations", ICLR.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from ._utils import TimeLike, as_time, check_x
+
+ArrayLike = Union[torch.Tensor, Sequence]  # also numpy arrays
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+__all__ = [
+    "GaussianMixture",
+    "two_moons",
+    "eight_gaussians",
+    "eight_gaussians_mixture",
+    "checkerboard",
+    "swiss_roll",
+    "mixture_2d",
+    "mixture_nd",
+]
+
+
+def _as_float64(value, name: str) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be a tensor, numpy array or nested list of numbers ({err})") from None
+    t = t.detach().to("cpu").clone()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf; pass finite values")
+    return t
+
+
+class GaussianMixture:
+    """A Gaussian mixture ``p(x) = sum_k w_k N(x; mu_k, diag(sigma_k^2))`` in ``D`` dimensions.
+
+    Args:
+        weights: ``(K,)`` positive mixture weights; they are divided by their sum, so any positive
+            vector is accepted (a zero or negative weight raises: drop that component instead).
+        means: ``(K, D)`` component means.
+        stds: ``(K,)`` isotropic standard deviations (``Sigma_k = sigma_k^2 I``) or ``(K, D)``
+            per-coordinate standard deviations (``Sigma_k = diag(sigma_k^2)``); all ``> 0``.
+
+    Tensors, numpy arrays and nested lists are accepted; parameters are stored in float64 on the
+    CPU and moved lazily (and cached) to the device and dtype of the data they meet.
+
+    Data ``x`` are ``(B, *dims)`` with ``prod(dims) = D`` (e.g. ``(B, 16)`` or ``(B, 1, 4, 4)`` for
+    ``D = 16``; ``(B,)`` is accepted for ``D = 1``): the mixture flattens internally and returns
+    scores shaped like ``x``. Densities are in nats, per sample, shape ``(B,)``.
+
+    Under an SDE with transition ``N(m(t) x0, s(t)^2 I)`` the time-``t`` marginal is the mixture
+    with means ``m(t) mu_k`` and variances ``m(t)^2 sigma_k^2 + s(t)^2`` (Song et al. 2021):
+    see :meth:`marginal_log_prob`, :meth:`score_fn` and :meth:`marginal`. For the VE SDE,
+    whose ``s(0) = sigma_min > 0``, the marginal at ``t = 0`` is the data convolved with
+    ``N(0, sigma_min^2 I)``, as in the SDE's own convention; :meth:`log_prob` is the bare data density.
+    """
+
+    def __init__(self, weights: ArrayLike, means: ArrayLike, stds: ArrayLike):
+        w = _as_float64(weights, "weights")
+        mu = _as_float64(means, "means")
+        sd = _as_float64(stds, "stds")
+        if w.ndim != 1 or w.numel() == 0:
+            raise ValueError(f"weights must be a non-empty 1-D vector (K,), got shape {tuple(w.shape)}")
+        K = w.shape[0]
+        if not bool((w > 0).all()):
+            raise ValueError(
+                f"weights must all be positive (got {w.tolist()}); drop zero-weight components "
+                "and pass positive values (they are normalised to sum to 1)"
+            )
+        if mu.ndim != 2:
+            raise ValueError(
+                f"means must have shape (K, D) = ({K}, D), got shape {tuple(mu.shape)}; "
+                "for 1-D data pass means.reshape(-1, 1)"
+            )
+        if mu.shape[0] != K:
+            raise ValueError(f"means has {mu.shape[0]} rows but weights has {K} entries; pass one mean per component")
+        D = mu.shape[1]
+        if D == 0:
+            raise ValueError("means must have at least one column (D >= 1)")
+        if sd.ndim == 1 and sd.shape[0] == K:
+            isotropic = True
+            var = (sd * sd)[:, None].expand(K, D).clone()
+        elif sd.ndim == 2 and tuple(sd.shape) == (K, D):
+            isotropic = False
+            var = sd * sd
+        else:
+            raise ValueError(
+                f"stds must have shape ({K},) (isotropic) or ({K}, {D}) (diagonal), got shape {tuple(sd.shape)}"
+            )
+        if not bool((sd > 0).all()):
+            raise ValueError(f"stds must all be > 0, got min {float(sd.min()):.6g}; pass positive standard deviations")
+        self._w = w / w.sum()
+        self._mu = mu
+        self._sd = sd
+        self._var = var
+        self.isotropic = isotropic
+        self._cache: dict = {}
+
+    # -- parameters ----------------------------------------------------------------------------
+    @property
+    def n_components(self) -> int:
+        """Number of components ``K``."""
+        return self._w.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Data dimension ``D``."""
+        return self._mu.shape[1]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Normalised weights ``(K,)``, float64."""
+        return self._w.clone()
+
+    @property
+    def means(self) -> torch.Tensor:
+        """Component means ``(K, D)``, float64."""
+        return self._mu.clone()
+
+    @property
+    def stds(self) -> torch.Tensor:
+        """Standard deviations as given: ``(K,)`` if isotropic, else ``(K, D)``; float64."""
+        return self._sd.clone()
+
+    @property
+    def variances(self) -> torch.Tensor:
+        """Per-coordinate component variances ``(K, D)``, float64."""
+        return self._var.clone()
+
+    def _params(self, device, dtype):
+        key = (device, dtype)
+        p = self._cache.get(key)
+        if p is None:
+            p = (
+                torch.log(self._w).to(device=device, dtype=dtype),
+                self._mu.to(device=device, dtype=dtype),
+                self._var.to(device=device, dtype=dtype),
+            )
+            self._cache[key] = p
+        return p
+
+    def __repr__(self):
+        kind = "isotropic" if self.isotropic else "diagonal"
+        return f"GaussianMixture(K={self.n_components}, D={self.dim}, {kind})"
+
+    # -- moments -------------------------------------------------------------------------------
+    def mean(self) -> torch.Tensor:
+        """Mixture mean ``sum_k w_k mu_k``, shape ``(D,)``, float64 on the CPU."""
+        return self._w @ self._mu
+
+    def covariance(self) -> torch.Tensor:
+        """Mixture covariance ``sum_k w_k (Sigma_k + mu_k mu_k^T) - mean mean^T``, ``(D, D)``, float64."""
+        m = self.mean()
+        second = torch.diag(self._w @ self._var) + (self._mu * self._w[:, None]).T @ self._mu
+        return second - torch.outer(m, m)
+
+    # -- shapes --------------------------------------------------------------------------------
+    def _flatten(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """``(B, *dims) -> (B, D)``; a cheap check using Python ints only (no host sync)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B, *dims), got {type(x).__name__}")
+        if x.ndim < 1:
+            raise ValueError(f"{name} must have shape (B, *dims), got a 0-d tensor")
+        d = math.prod(x.shape[1:])
+        if d != self.dim:
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}, i.e. {d} values per sample, but the mixture has "
+                f"D={self.dim}; pass data of shape (B, *dims) with prod(dims) = {self.dim}"
+            )
+        return x.reshape(x.shape[0], self.dim)
+
+    @staticmethod
+    def _time_vector(t, x: torch.Tensor) -> torch.Tensor:
+        """Unchecked broadcast of ``t`` (float, 0-d or ``(B,)`` tensor) to ``(B,)`` in ``x``'s dtype."""
+        batch = x.shape[0]
+        if not isinstance(t, torch.Tensor):
+            return torch.full((batch,), float(t), device=x.device, dtype=x.dtype)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        elif t.shape != (batch,):
+            raise ValueError(f"t must be a scalar or have shape ({batch},), got shape {tuple(t.shape)}")
+        return t.to(device=x.device, dtype=x.dtype)
+
+    # -- core maths (unchecked) ----------------------------------------------------------------
+    def _components(self, xf: torch.Tensor, m: Optional[torch.Tensor], s: Optional[torch.Tensor]):
+        """Per-component log-density and whitened residual at ``(B, D)`` points.
+
+        Returns ``log w_k + log N_k(x)`` of shape ``(B, K)`` and ``(x - m mu_k) / var_k`` of shape
+        ``(B, K, D)``, with ``var_k = m^2 Sigma_k + s^2`` (``m = 1, s = 0`` when ``m is None``).
+        """
+        log_w, mu, var = self._params(xf.device, xf.dtype)
+        if m is None:
+            mean = mu[None]  # (1, K, D)
+            var_t = var[None]
+        else:
+            m2 = (m * m)[:, None, None]
+            mean = m[:, None, None] * mu[None]  # (B, K, D)
+            var_t = m2 * var[None] + (s * s)[:, None, None]
+        diff = xf[:, None, :] - mean
+        z = diff / var_t
+        log_n = -0.5 * ((diff * z).sum(-1) + torch.log(var_t).sum(-1) + self.dim * _LOG_2PI)
+        return log_w + log_n, z
+
+    def _log_prob_flat(self, xf, m=None, s=None) -> torch.Tensor:
+        joint, _ = self._components(xf, m, s)
+        return torch.logsumexp(joint, dim=1)
+
+    def _score_flat(self, xf, m=None, s=None) -> torch.Tensor:
+        joint, z = self._components(xf, m, s)
+        r = torch.softmax(joint, dim=1)  # responsibilities (B, K)
+        return -(r[:, :, None] * z).sum(1)
+
+    # -- public densities ----------------------------------------------------------------------
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of the data distribution ``p_0`` at ``x`` ``(B, *dims)``: ``(B,)`` nats."""
+        check_x(x)
+        return self._log_prob_flat(self._flatten(x))
+
+    def marginal_log_prob(self, x: torch.Tensor, t: TimeLike, sde) -> torch.Tensor:
+        """Exact ``log p_t(x)`` (nats, shape ``(B,)``) of the marginal of ``sde`` started from this mixture.
+
+        ``t`` is a float or a ``(B,)`` tensor in ``[0, sde.T]`` (checked).
+        """
+        check_x(x)
+        xf = self._flatten(x)
+        tt = as_time(t, x, sde.T)
+        m, s = sde._coeffs(tt)
+        return self._log_prob_flat(xf, m, s)
+
+    def score(self, x: torch.Tensor, t: TimeLike, sde) -> torch.Tensor:
+        """Exact ``grad_x log p_t(x)`` shaped like ``x`` (checked version of :meth:`score_fn`)."""
+        check_x(x)
+        xf = self._flatten(x)
+        m, s = sde._coeffs(as_time(t, x, sde.T))
+        return self._score_flat(xf, m, s).reshape(x.shape)
+
+    def score_fn(self, sde) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The exact score of the marginals of ``sde``: a callable ``(x, t) -> grad_x log p_t(x)``.
+
+        ``x`` is ``(B, *dims)``, ``t`` a ``(B,)`` tensor (a float or 0-d tensor is broadcast); the
+        result is shaped like ``x``. Closed form (responsibility-weighted component scores),
+        built from differentiable torch ops only, so autograd (including ``create_graph=True``,
+        as the likelihood's divergence needs) works through it. Made for solver loops: no host
+        synchronisation and no check of ``t`` (solvers may probe slightly outside ``[0, T]``);
+        only the shape of ``x`` is checked, with Python ints.
+        """
+        coeffs = sde._coeffs
+
+        def score(x: torch.Tensor, t) -> torch.Tensor:
+            xf = self._flatten(x)
+            m, s = coeffs(self._time_vector(t, x))
+            return self._score_flat(xf, m, s).reshape(x.shape)
+
+        score.mixture = self  # type: ignore[attr-defined]
+        score.sde = sde  # type: ignore[attr-defined]
+        return score
+
+    def marginal(self, t: float, sde) -> "GaussianMixture":
+        """The time-``t`` marginal ``p_t`` of ``sde`` as a :class:`GaussianMixture` (``t`` a float in ``[0, T]``).
+
+        Means ``m(t) mu_k``, standard deviations ``sqrt(m(t)^2 sigma_k^2 + s(t)^2)`` (isotropic
+        stays isotropic), same weights (Song et al. 2021).
+        """
+        if isinstance(t, torch.Tensor):
+            if t.numel() != 1:
+                raise ValueError(f"marginal needs a single time, got a tensor of shape {tuple(t.shape)}")
+            t = float(t)
+        probe = torch.empty((1,), dtype=torch.float64)
+        m, s = sde._coeffs(as_time(t, probe, sde.T))
+        m, s = m[0], s[0]
+        sd = torch.sqrt(m * m * self._sd * self._sd + s * s)
+        return GaussianMixture(self._w, m * self._mu, sd)
+
+    # -- components ----------------------------------------------------------------------------
+    def responsibilities(self, x: torch.Tensor, t: Optional[TimeLike] = None, sde=None) -> torch.Tensor:
+        """Posterior component probabilities ``r_k(x, t)``, shape ``(B, K)`` (``t = None``: the data, ``p_0``)."""
+        check_x(x)
+        xf = self._flatten(x)
+        if t is None:
+            m = s = None
+        else:
+            if sde is None:
+                raise ValueError("pass the sde together with t (or neither, for the data distribution)")
+            m, s = sde._coeffs(as_time(t, x, sde.T))
+        joint, _ = self._components(xf, m, s)
+        return torch.softmax(joint, dim=1)
+
+    def component_of(self, x: torch.Tensor, t: Optional[TimeLike] = None, sde=None) -> torch.Tensor:
+        """Index of the most responsible component per sample (the Bayes classifier), ``(B,)`` long.
+
+        With ``t = None`` it classifies against the data mixture; with ``t`` and ``sde`` against the
+        time-``t`` marginal. For per-component moment checks of samplers on well-separated mixtures.
+        """
+        return self.responsibilities(x, t, sde).argmax(dim=1)
+
+    # -- sampling ------------------------------------------------------------------------------
+    def _sample(self, n, generator=None, device=None, dtype=None, shape=None):
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if shape is None:
+            shape = (self.dim,)
+        else:
+            shape = tuple(int(d) for d in shape)
+            if math.prod(shape) != self.dim:
+                raise ValueError(f"shape {shape} has {math.prod(shape)} values but the mixture has D={self.dim}")
+        if device is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        w = self._w.to(device=device)
+        k = torch.multinomial(w, n, replacement=True, generator=generator)
+        z = torch.randn((n, self.dim), generator=generator, device=device, dtype=dtype)
+        mu = self._mu.to(device=device, dtype=dtype)
+        sd = torch.sqrt(self._var).to(device=device, dtype=dtype)
+        x = mu[k] + sd[k] * z
+        return x.reshape((n,) + shape), k
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, device=None,
+               dtype: Optional[torch.dtype] = None, shape: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Draw ``n`` samples, returned as ``(n, *shape)`` (default ``shape = (D,)``).
+
+        Random numbers come from ``generator`` on ``device`` (by default the generator's device,
+        else the CPU); ``dtype`` defaults to torch's default dtype. Components are drawn with
+        ``torch.multinomial``, then ``x = mu_k + sigma_k * z``.
+        """
+        return self._sample(n, generator, device, dtype, shape)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Classic 2-D toy data sets.
+# ---------------------------------------------------------------------------------------------
+def _check_n(n):
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+
+
+def _rng_kwargs(generator, device, dtype):
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    return dict(generator=generator, device=device, dtype=torch.get_default_dtype() if dtype is None else dtype)
+
+
+def two_moons(n: int, generator: Optional[torch.Generator] = None, noise: float = 0.05,
+              device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Two interleaving half circles, ``(n, 2)``.
+
+    The upper moon is ``(cos a, sin a)``, the lower ``(1 - cos a, 0.5 - sin a)`` with ``a ~ U[0, pi]``
+    (the geometry of scikit-learn's ``make_moons``, but with random angles); each point is chosen
+    from either moon with probability 1/2 and gets ``N(0, noise^2 I)`` added.
+    """
+    _check_n(n)
+    kw = _rng_kwargs(generator, device, dtype)
+    a = torch.rand(n, **kw) * math.pi
+    upper = torch.rand(n, **kw) < 0.5
+    x = torch.where(upper, torch.cos(a), 1.0 - torch.cos(a))
+    y = torch.where(upper, torch.sin(a), 0.5 - torch.sin(a))
+    pts = torch.stack([x, y], dim=1)
+    return pts + noise * torch.randn(n, 2, **kw)
+
+
+def eight_gaussians_mixture(radius: float = 2.0, std: float = 0.25) -> GaussianMixture:
+    """Eight equal-weight isotropic Gaussians of std ``std`` centred on a circle of ``radius`` at
+    angles ``k pi / 4``."""
+    ang = torch.arange(8, dtype=torch.float64) * (math.pi / 4.0)
+    means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], dim=1)
+    return GaussianMixture(torch.full((8,), 1.0 / 8.0), means, torch.full((8,), float(std)))
+
+
+def eight_gaussians(n: int, generator: Optional[torch.Generator] = None, radius: float = 2.0,
+                    std: float = 0.25, device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``n`` samples ``(n, 2)`` of :func:`eight_gaussians_mixture` (same parameters)."""
+    _check_n(n)
+    return eight_gaussians_mixture(radius, std).sample(n, generator=generator, device=device, dtype=dtype)
+
+
+def checkerboard(n: int, generator: Optional[torch.Generator] = None, scale: float = 1.0,
+                 device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Uniform on the 8 dark cells of a 4x4 checkerboard on ``[-2 scale, 2 scale]^2``, ``(n, 2)``.
+
+    Cells have side ``scale``; a point ``(x, y)`` is in a dark cell iff
+    ``floor(x / scale) + floor(y / scale)`` is even.
+    """
+    _check_n(n)
+    kw = _rng_kwargs(generator, device, dtype)
+    x1 = torch.rand(n, **kw) * 4.0 - 2.0
+    lower = torch.randint(0, 2, (n,), generator=generator, device=kw["device"]).to(kw["dtype"])
+    x2 = torch.rand(n, **kw) - 2.0 * lower + torch.remainder(torch.floor(x1), 2.0)
+    return torch.stack([x1, x2], dim=1) * scale
+
+
+def swiss_roll(n: int, generator: Optional[torch.Generator] = None, noise: float = 0.05,
+               device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """A 2-D swiss roll ``(n, 2)``: ``u (cos u, sin u) / 5`` with ``u ~ U[1.5 pi, 4.5 pi]``, plus
+    ``N(0, noise^2 I)`` (the 2-D slice of scikit-learn's ``make_swiss_roll``, scaled by 1/5)."""
+    _check_n(n)
+    kw = _rng_kwargs(generator, device, dtype)
+    u = 1.5 * math.pi * (1.0 + 2.0 * torch.rand(n, **kw))
+    pts = torch.stack([u * torch.cos(u), u * torch.sin(u)], dim=1) / 5.0
+    return pts + noise * torch.randn(n, 2, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ready-made oracles.
+# ---------------------------------------------------------------------------------------------
+def mixture_2d() -> GaussianMixture:
+    """A separated 2-D mixture of 4 components with unequal weights ``(0.4, 0.3, 0.2, 0.1)`` and
+    unequal diagonal covariances; the closest pair of means is 3.5 apart against stds <= 0.6."""
+    weights = [0.4, 0.3, 0.2, 0.1]
+    means = [[-2.5, 0.0], [2.5, 0.5], [0.0, 3.0], [0.5, -3.0]]
+    stds = [[0.6, 0.4], [0.4, 0.6], [0.3, 0.3], [0.5, 0.25]]
+    return GaussianMixture(weights, means, stds)
+
+
+def mixture_nd(D: int = 16, K: int = 4, *, radius: float = 4.0, std_range: tuple = (0.3, 0.8),
+               diagonal: bool = True, seed: int = 0) -> GaussianMixture:
+    """A deterministic, separated ``D``-dimensional mixture of ``K`` unequal components.
+
+    Means are ``radius`` times orthonormal directions (the Q factor of a seeded Gaussian matrix)
+    when ``K <= D``, so every pair of means is ``radius * sqrt(2)`` apart; for ``K > D`` they are
+    seeded random unit directions times ``radius``. Weights are proportional to ``1, 2, ..., K``.
+    Standard deviations are drawn uniformly from ``std_range``, per coordinate (``diagonal=True``)
+    or per component. Everything comes from ``torch.Generator().manual_seed(seed)`` in float64.
+    """
+    if not (isinstance(D, int) and D >= 1 and isinstance(K, int) and K >= 1):
+        raise ValueError(f"D and K must be positive ints, got D={D!r}, K={K!r}")
+    lo, hi = float(std_range[0]), float(std_range[1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"std_range must satisfy 0 < lo <= hi, got {std_range}")
+    g = torch.Generator().manual_seed(seed)
+    if K <= D:
+        q, r = torch.linalg.qr(torch.randn(D, K, generator=g, dtype=torch.float64))
+        dirs = (q * torch.sign(torch.diagonal(r))).T  # (K, D), orthonormal rows
+    else:
+        dirs = torch.randn(K, D, generator=g, dtype=torch.float64)
+        dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    means = radius * dirs
+    weights = torch.arange(1, K + 1, dtype=torch.float64)
+    shape = (K, D) if diagonal else (K,)
+    stds = lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)
+    return GaussianMixture(weights, means, stds)
