@@ -1,0 +1,150 @@
+"""Plumbing shared by the samplers: argument checks, the initial state, noise, the score call
+with its output check, the final denoising step and the result."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .._utils import append_dims, check_finite
+from ..sde import SDE, VESDE, ScoreFn, _VPFamily
+from .result import SampleResult
+
+Callback = Optional[Callable[[dict], None]]
+
+
+def default_eps(sde: SDE) -> float:
+    """Literature defaults: 1e-3 for VP and sub-VP, 1e-5 for VE (Song et al. 2021)."""
+    return 1e-5 if isinstance(sde, VESDE) else 1e-3
+
+
+def resolve_eps(sde: SDE, eps: Optional[float]) -> float:
+    if eps is None:
+        return default_eps(sde)
+    eps = float(eps)
+    if not (math.isfinite(eps) and 0.0 < eps < sde.T):
+        raise ValueError(f"eps={eps} must lie in the open interval (0, T={sde.T})")
+    return eps
+
+
+def check_steps(steps: Any, name: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{name} must be a positive int, got {steps!r}")
+    return steps
+
+
+@dataclass
+class Setup:
+    """Everything a sampler needs to start: the initial state and how to draw noise."""
+
+    x: torch.Tensor
+    generator: Optional[torch.Generator]
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like ``like``, drawn on its device."""
+        return torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
+
+
+def setup(sde: SDE, shape: Sequence[int], *, generator=None, device=None, dtype=None, x_T=None) -> Setup:
+    """Check the arguments shared by all samplers and draw (or take) the initial state at ``T``."""
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or any(s <= 0 for s in shape):
+        raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}")
+    if x_T is not None:
+        if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape:
+            got = tuple(x_T.shape) if isinstance(x_T, torch.Tensor) else type(x_T).__name__
+            raise ValueError(f"x_T must be a tensor of shape {shape}, got {got}")
+        if device is not None and torch.device(device) != x_T.device:
+            raise ValueError(f"x_T is on {x_T.device} but device={device} was asked for")
+        if dtype is not None and dtype != x_T.dtype:
+            raise ValueError(f"x_T has dtype {x_T.dtype} but dtype={dtype} was asked for")
+        check_finite(x_T, "x_T")
+        device, dtype = x_T.device, x_T.dtype
+    device = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
+    dtype = dtype or torch.get_default_dtype()
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"the generator is on {generator.device} but sampling runs on {device}; "
+            f"make it with torch.Generator(device='{device.type}')"
+        )
+    if x_T is None:
+        x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+    return Setup(x_T, generator)
+
+
+class CheckedScore:
+    """Wraps a score function: checks its output once per call (Python-side only, no host sync)
+    and counts batched calls."""
+
+    def __init__(self, score_fn: ScoreFn):
+        if not callable(score_fn):
+            raise TypeError("score_fn must be callable as score_fn(x, t) -> tensor shaped like x")
+        self.score_fn = score_fn
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.score_fn(x, t)
+        self.calls += 1
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"score_fn must return a tensor, got {type(out).__name__}")
+        if out.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; "
+                             "it must return a tensor shaped like x")
+        if out.device != x.device:
+            raise ValueError(f"score_fn returned a tensor on {out.device} for x on {x.device}; "
+                             "move the model to the sampling device")
+        if out.dtype != x.dtype:
+            raise ValueError(f"score_fn returned dtype {out.dtype} for x of dtype {x.dtype}; "
+                             "sample in the model's dtype (dtype=...) or cast inside score_fn")
+        return out
+
+
+def time_vec(t: float, x: torch.Tensor) -> torch.Tensor:
+    """A host scalar as a ``(B,)`` tensor on ``x``'s device (no host read-back)."""
+    return torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+
+
+def tweedie_denoise(score: CheckedScore, sde: SDE, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Tweedie's formula at ``eps``: ``E[x0 | x_eps] = (x + s^2 score) / m`` (Efron 2011; for VE ``m = 1``)."""
+    t = time_vec(eps, x)
+    m, s = sde._coeffs(t)
+    return (x + append_dims(s * s, x.ndim) * score(x, t)) / append_dims(m, x.ndim)
+
+
+def progress_bar(n: int, progress: bool, desc: str):
+    return tqdm(total=n, desc=desc, disable=not progress, leave=False)
+
+
+def finish(name: str, x: torch.Tensor, nfe_per_sample: int, total_nfe: int, eps: float,
+           info: dict, status: Optional[torch.Tensor] = None, **extra) -> SampleResult:
+    """Build the result; a sample that went non-finite gets status 1 instead of failing the batch."""
+    batch = x.shape[0]
+    finite = torch.isfinite(x.reshape(batch, -1)).all(dim=1).cpu()
+    if status is None:
+        status = torch.zeros(batch, dtype=torch.long)
+    status = torch.where(finite | (status != 0), status.cpu().long(), torch.ones_like(status.cpu().long()))
+    nfe = extra.pop("nfe", None)
+    if nfe is None:
+        nfe = torch.full((batch,), nfe_per_sample, dtype=torch.long)
+    return SampleResult(x=x, nfe=nfe, status=status, sampler=name, eps=eps, total_nfe=total_nfe, info=info, **extra)
+
+
+def discrete_alpha(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``alpha_i = 1 - beta_i`` of the DDPM step at ``t`` for the VP family, else ones (used by Langevin)."""
+    if isinstance(sde, _VPFamily):
+        return 1.0 - sde._table("betas", x.device, x.dtype)[sde._discrete_index(t)]
+    return torch.ones_like(t)
+
+
+def emit(callback: Callback, **state) -> None:
+    if callback is not None:
+        callback(state)

@@ -1,0 +1,45 @@
+"""The result object every sampler returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What a sampler produced and what it cost.
+
+    Attributes:
+        x: the samples, shape ``(B, *dims)``.
+        nfe: score-function evaluations per sample, ``(B,)`` long tensor on the CPU. For fixed-step
+            samplers every entry is the same; for adaptive ODE solvers each sample has its own count.
+            A final denoising step counts as one evaluation.
+        status: per-sample ``(B,)`` int tensor of :class:`scoresde.solvers.SolverStatus` codes
+            (0 = success, 1 = non-finite, 2 = step underflow, 3 = max steps).
+        sampler: the sampler's name.
+        eps: the smallest time the sampler reached.
+        total_nfe: number of batched score calls (what wall time is proportional to).
+        n_accepted, n_rejected: per-sample step counts of adaptive ODE solvers, else ``None``.
+        info: sampler options as used (for studies and reports).
+    """
+
+    x: torch.Tensor
+    nfe: torch.Tensor
+    status: torch.Tensor
+    sampler: str
+    eps: float
+    total_nfe: int
+    n_accepted: Optional[torch.Tensor] = None
+    n_rejected: Optional[torch.Tensor] = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> torch.Tensor:
+        """``(B,)`` bool: which samples finished successfully."""
+        return self.status == 0
+
+    @property
+    def mean_nfe(self) -> float:
+        return float(self.nfe.double().mean())
