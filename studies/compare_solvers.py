@@ -1,0 +1,229 @@
+"""Compare every sampler on a Gaussian-mixture oracle across a range of NFE.
+
+For each oracle (the 2-D mixture and a 16-D one) and each sampler configuration, draw samples with
+the exact score, and record NFE, wall time and the energy distance to fresh samples of the
+mixture, next to the mixture-vs-mixture null quantile at the same n (a distance below that line
+is indistinguishable from the truth at this n). Writes a CSV, a Markdown table and a figure
+(distance vs NFE and distance vs wall time).
+
+    python studies/compare_solvers.py                # full run (CPU: ~10 minutes)
+    python studies/compare_solvers.py --quick        # seconds; what the test suite runs
+    python studies/compare_solvers.py --device cuda  # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from scoresde import VPSDE
+from scoresde.metrics import calibrate_threshold, energy_distance
+from scoresde.sampling import sample
+from scoresde.targets import mixture_2d, mixture_nd
+
+def distance(x, y) -> float:
+    """Energy distance, V-statistic form (always >= 0, so it can be drawn on a log axis; its
+    truth-vs-truth floor at the same n is the null quantile drawn beside it)."""
+    return energy_distance(x, y, unbiased=False)
+
+
+FIELDS = ["oracle", "family", "config", "seed", "nfe", "wall_s", "energy_distance", "null_q99", "ok_fraction", "device"]
+
+
+def configs(budgets: list[int], tolerances: list[float]):
+    """(family, label, sampler, options, sde_N) tuples; the SDE's N only matters for DDPM."""
+    out = []
+    for b in budgets:
+        out.append(("euler_maruyama", f"steps={b}", "euler_maruyama", dict(steps=b), 1000))
+        out.append(("pc (RD + Langevin)", f"steps={max(b // 2, 1)}", "pc",
+                    dict(steps=max(b // 2, 1), predictor="reverse_diffusion", corrector="langevin",
+                         step_size_norm="batch"), 1000))
+        out.append(("pc (RD, no corrector)", f"steps={b}", "pc",
+                    dict(steps=b, predictor="reverse_diffusion", corrector="none"), 1000))
+        out.append(("ode euler", f"steps={b}", "ode", dict(method="euler", steps=b), 1000))
+        out.append(("ode heun", f"steps={max(b // 2, 1)}", "ode", dict(method="heun", steps=max(b // 2, 1)), 1000))
+        if b > 20:  # the linear VP chain needs N > beta_max = 20 steps (betas beta_max/N below 1)
+            out.append(("ddpm", f"N={b}", "ddpm", {}, b))
+        out.append(("ddim", f"steps={b}", "ddim", dict(steps=b), 1000))
+        out.append(("ddim eta=1", f"steps={b}", "ddim", dict(steps=b, eta=1.0), 1000))
+    for tol in tolerances:
+        out.append(("ode dopri5 (per-sample)", f"tol={tol:g}", "ode", dict(method="dopri5", rtol=tol, atol=tol), 1000))
+        out.append(("ode torchdiffeq dopri5", f"tol={tol:g}", "ode",
+                    dict(method="torchdiffeq_dopri5", rtol=tol, atol=tol), 1000))
+    return out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    oracles = {"mixture 2-D": mixture_2d(), "mixture 16-D": mixture_nd(D=16, K=4)}
+    rows = []
+    todo = [(o, c, s) for o in oracles for c in configs(args.budgets, args.tolerances) for s in range(args.seeds)]
+    nulls = {}
+    for name, mix in oracles.items():
+        nulls[name] = calibrate_threshold(lambda n, generator=None, m=mix: m.sample(n, generator=generator),
+                                          args.n, statistic=distance, repeats=args.null_repeats, quantile=0.99,
+                                          generator=torch.Generator().manual_seed(999))
+    for oracle, (family, label, sampler, opts, N), seed in tqdm(todo, desc="compare_solvers"):
+        mix = oracles[oracle]
+        sde = VPSDE(N=N)
+        score = mix.score_fn(sde)
+        g = torch.Generator(device=device).manual_seed(seed)
+        _sync(device)
+        t0 = time.perf_counter()
+        res = sample(score, sde, (args.n, mix.dim), sampler=sampler, generator=g, device=device, **opts)
+        _sync(device)
+        wall = time.perf_counter() - t0
+        truth = mix.sample(args.n, generator=torch.Generator().manual_seed(10_000 + seed))
+        x = res.x[res.ok].cpu()
+        dist = distance(x, truth) if x.shape[0] >= 2 else float("nan")
+        rows.append(dict(oracle=oracle, family=family, config=label, seed=seed, nfe=round(res.mean_nfe, 1),
+                         wall_s=round(wall, 4), energy_distance=dist, null_q99=nulls[oracle],
+                         ok_fraction=float(res.ok.float().mean()), device=device_name(device)))
+    return rows
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def summarize(rows):
+    """Mean and spread (min, max) over seeds per (oracle, family, config)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["oracle"], r["family"], r["config"]), []).append(r)
+    out = []
+    for (oracle, family, config), rs in groups.items():
+        d = [r["energy_distance"] for r in rs]
+        out.append(dict(oracle=oracle, family=family, config=config, nfe=sum(r["nfe"] for r in rs) / len(rs),
+                        wall_s=sum(r["wall_s"] for r in rs) / len(rs), dist=sum(d) / len(d), dist_min=min(d),
+                        dist_max=max(d), null_q99=rs[0]["null_q99"]))
+    return out
+
+
+def write_outputs(rows, out: Path, tag: str) -> dict[str, Path]:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    paths = {"csv": out / f"compare_solvers_{tag}.csv", "md": out / f"compare_solvers_{tag}.md",
+             "png": out / f"compare_solvers_{tag}.png"}
+    atomic_write(paths["csv"], buf.getvalue().encode())
+
+    summary = summarize(rows)
+    lines = [f"Energy distance (V-statistic) to the true mixture (mean over seeds, [min, max]); NFE per sample; "
+             f"device: {rows[0]['device']}; {date.today().isoformat()}.", ""]
+    for oracle in dict.fromkeys(s["oracle"] for s in summary):
+        lines += [f"### {oracle} (null 99% quantile {next(s['null_q99'] for s in summary if s['oracle'] == oracle):.3g})", "",
+                  "| sampler | config | NFE | wall s | energy distance |", "|---|---|---|---|---|"]
+        for s in summary:
+            if s["oracle"] == oracle:
+                lines.append(f"| {s['family']} | {s['config']} | {s['nfe']:.0f} | {s['wall_s']:.3f} | "
+                             f"{s['dist']:.3g} [{s['dist_min']:.3g}, {s['dist_max']:.3g}] |")
+        lines.append("")
+    atomic_write(paths["md"], "\n".join(lines).encode())
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    oracles = list(dict.fromkeys(s["oracle"] for s in summary))
+    fig, axes = plt.subplots(2, len(oracles), figsize=(6 * len(oracles), 9), squeeze=False)
+    families = list(dict.fromkeys(s["family"] for s in summary))
+    cmap = plt.get_cmap("tab10")
+    for j, oracle in enumerate(oracles):
+        for row, key, xlabel in ((0, "nfe", "NFE per sample"), (1, "wall_s", "wall time [s]")):
+            ax = axes[row][j]
+            for k, fam in enumerate(families):
+                pts = sorted((s[key], s["dist"], s["dist_min"], s["dist_max"]) for s in summary
+                             if s["oracle"] == oracle and s["family"] == fam)
+                if not pts:
+                    continue
+                xs, ys, lo, hi = zip(*pts)
+                ax.plot(xs, ys, "o-", color=cmap(k % 10), label=fam, ms=4)
+                ax.fill_between(xs, lo, hi, color=cmap(k % 10), alpha=0.15)
+            null = next(s["null_q99"] for s in summary if s["oracle"] == oracle)
+            ax.axhline(null, color="k", ls="--", lw=1, label="truth vs truth, 99% quantile")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("energy distance to the mixture")
+            ax.set_title(f"{oracle} ({rows[0]['device']})")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(paths["png"], buf.getvalue())
+    return paths
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few configurations on small n (seconds)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--n", type=int, default=None, help="samples per run (default 2000; 200 with --quick)")
+    p.add_argument("--seeds", type=int, default=None, help="repeats with different seeds (default 3; 1 with --quick)")
+    p.add_argument("--out", type=Path, default=Path("docs/figures"), help="output directory")
+    p.add_argument("--tag", default=None, help="file name tag (default: cpu or cuda)")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda asked for, but torch sees no CUDA device")
+    if args.quick:
+        args.budgets, args.tolerances = [10, 40], [1e-3]
+        args.n = args.n or 200
+        args.seeds = args.seeds or 1
+        args.null_repeats = 20
+    else:
+        args.budgets, args.tolerances = [10, 20, 50, 100, 200, 500, 1000], [1e-2, 1e-3, 1e-4, 1e-5]
+        args.n = args.n or 2000
+        args.seeds = args.seeds or 3
+        args.null_repeats = 100
+    if args.n < 2 or args.seeds < 1:
+        p.error("--n must be >= 2 and --seeds >= 1")
+    args.tag = args.tag or torch.device(args.device).type
+    return args
+
+
+def main(argv=None) -> dict[str, Path]:
+    args = parse(argv)
+    rows = run(args)
+    paths = write_outputs(rows, args.out, args.tag)
+    for k, v in paths.items():
+        print(f"wrote {k}: {v}")
+    return paths
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
