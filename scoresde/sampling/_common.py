@@ -129,9 +129,8 @@ def finish(name: str, x: torch.Tensor, nfe_per_sample: int, total_nfe: int, eps:
     """Build the result; a sample that went non-finite gets status 1 instead of failing the batch."""
     batch = x.shape[0]
     finite = torch.isfinite(x.reshape(batch, -1)).all(dim=1).cpu()
-    if status is None:
-        status = torch.zeros(batch, dtype=torch.long)
-    status = torch.where(finite | (status != 0), status.cpu().long(), torch.ones_like(status.cpu().long()))
+    status = torch.zeros(batch, dtype=torch.long) if status is None else status.detach().cpu().long()
+    status = torch.where(finite | (status != 0), status, torch.ones_like(status))
     nfe = extra.pop("nfe", None)
     if nfe is None:
         nfe = torch.full((batch,), nfe_per_sample, dtype=torch.long)
