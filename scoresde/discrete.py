@@ -199,15 +199,24 @@ class SMLDSchedule:
 
 
 def cosine_log_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
-    """``log(f(t)/f(0))`` for the cosine schedule, accurate at small ``t``.
+    """``log(f(t)/f(0))`` for the cosine schedule, accurate on all of ``[0, 1]``.
 
     With ``a0 = s/(1+s) pi/2`` and ``d = t/(1+s) pi/2``, ``cos(a0 + d)/cos(a0) = cos d - tan(a0) sin d
     = 1 - 2 sin^2(d/2) - tan(a0) sin d``, so the log is a ``log1p`` of a small number near t = 0.
+    Near ``t = 1`` the same ratio is ``sin((1 - t)/(1+s) pi/2) / cos(a0)`` (``1 - t`` is exact there),
+    which keeps full relative accuracy and is exactly 0 at ``t = 1`` (``log abar(1) = -inf``);
+    the ``log1p`` form would round to a value below -1 there and give NaN.
     """
     a0 = s / (1.0 + s) * math.pi / 2.0
-    d = t / (1.0 + s) * (math.pi / 2.0)
-    ratio_m1 = -2.0 * torch.sin(d / 2.0) ** 2 - math.tan(a0) * torch.sin(d)
-    return 2.0 * torch.log1p(ratio_m1)
+    scale = math.pi / (2.0 * (1.0 + s))
+    low = t < 0.5
+    # Each branch sees only times where it is accurate (and finite, so autograd stays clean).
+    t_lo = torch.where(low, t, torch.zeros_like(t))
+    t_hi = torch.where(low, torch.full_like(t, 0.5), t)
+    d = t_lo * scale
+    near0 = torch.log1p(-2.0 * torch.sin(d / 2.0) ** 2 - math.tan(a0) * torch.sin(d))
+    near1 = torch.log(torch.sin((1.0 - t_hi) * scale)) - math.log(math.cos(a0))
+    return 2.0 * torch.where(low, near0, near1)
 
 
 def _check_n(N: int) -> None:

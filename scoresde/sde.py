@@ -104,9 +104,18 @@ class CosineBeta(BetaSchedule):
         return -cosine_log_alpha_bar(t, self.s)
 
     def inverse_integral(self, b):
+        # The angle a(t) solves cos(a) = cos(a0) e^{-b/2}; arccos of that is ill-conditioned near the small
+        # angle a0 (t -> 0). Solve for delta = a - a0 instead, with q = 1 - e^{-b} = -expm1(-b):
+        #   sin(a) = sqrt(sin^2 a0 + cos^2 a0 q),
+        #   sin(delta) = cos(a0) q / (sin a + e^{-b/2} sin a0),  cos(delta) = e^{-b/2} cos^2 a0 + sin a sin a0,
+        # where every term is non-negative (no cancellation), and t = delta (1 + s) 2 / pi.
         a0 = self._angle(0.0)
-        angle = torch.arccos(math.cos(a0) * torch.exp(-0.5 * b))
-        return angle * (2.0 * (1.0 + self.s) / math.pi) - self.s
+        c0, s0 = math.cos(a0), math.sin(a0)
+        q = -torch.expm1(-b)
+        e = torch.exp(-0.5 * b)
+        sin_a = torch.sqrt(s0 * s0 + c0 * c0 * q)
+        delta = torch.atan2(c0 * q / (sin_a + e * s0), e * (c0 * c0) + sin_a * s0)
+        return delta * (2.0 * (1.0 + self.s) / math.pi)
 
     def ddpm(self, N):
         return DDPMSchedule.cosine(N, s=self.s)
@@ -322,6 +331,9 @@ class _VPFamily(SDE):
         if self.schedule.name == "cosine" and not T <= 1.0:
             raise ValueError(f"the cosine schedule lives on t in [0, 1]; got T={T}")
         super().__init__(N, T)
+        if isinstance(self.schedule, LinearBeta) and not self.schedule.beta_max < self.N:
+            raise ValueError(f"N={self.N} steps give DDPM betas up to beta_max/N = {self.schedule.beta_max / self.N:g}, "
+                             f"which must be below 1: use N > beta_max = {self.schedule.beta_max:g}")
 
     @property
     def beta_min(self):
@@ -419,10 +431,13 @@ class SubVPSDE(_VPFamily):
         return -b - 2.0 * torch.log(-torch.expm1(-b))
 
     def _log_snr_inverse(self, lam):
-        # r = e^lambda = u / (1 - u)^2 with u = e^{-B}: the root in (0, 1) is 2r / (2r + 1 + sqrt(4r + 1)).
-        r = torch.exp(lam)
-        u = 2.0 * r / (2.0 * r + 1.0 + torch.sqrt(4.0 * r + 1.0))
-        return self.schedule.inverse_integral(-torch.log(u))
+        # r = e^lambda = u / (1 - u)^2 with u = e^{-B}: the root in (0, 1) is 2r / (2r + 1 + sqrt(4r + 1)),
+        # so B = -log u = log1p(w) with w = 1/u - 1 = (1 + sqrt(4r + 1)) / (2r)
+        # = e^{-lambda/2} (e^{-lambda/2} / 2 + sqrt(1 + e^{-lambda} / 4)). Taking log1p(w) instead of
+        # -log(u) keeps B accurate where u is close to 1 (small t, where -log(u) loses every digit in float32).
+        h = torch.exp(-0.5 * lam)
+        w = h * (0.5 * h + torch.sqrt(1.0 + 0.25 * h * h))
+        return self.schedule.inverse_integral(torch.log1p(w))
 
 
 # ---------------------------------------------------------------------------------------------
