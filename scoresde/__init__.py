@@ -3,19 +3,34 @@
 The public API is re-exported here by name; nothing else is public.
 """
 from .discrete import DDPMSchedule, SMLDSchedule
+from .metrics import MomentErrors, calibrate_threshold, energy_distance, mmd, moment_errors, null_distribution
+from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SampleResult, sample
 from .sde import SDE, BetaSchedule, CosineBeta, LinearBeta, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from .solvers import METHODS, ButcherTableau, ODEResult, SolverStatus, StepSizeController, available_methods, solve_ode
+from .targets import (
+    GaussianMixture,
+    checkerboard,
+    eight_gaussians,
+    eight_gaussians_mixture,
+    mixture_2d,
+    mixture_nd,
+    swiss_roll,
+    two_moons,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SDE",
-    "VPSDE",
-    "SubVPSDE",
-    "VESDE",
-    "ReverseSDE",
-    "BetaSchedule",
-    "LinearBeta",
-    "CosineBeta",
-    "DDPMSchedule",
-    "SMLDSchedule",
+    # SDEs and discrete chains
+    "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "BetaSchedule", "LinearBeta", "CosineBeta",
+    "DDPMSchedule", "SMLDSchedule",
+    # oracles and toy data
+    "GaussianMixture", "mixture_2d", "mixture_nd", "two_moons", "eight_gaussians", "eight_gaussians_mixture",
+    "checkerboard", "swiss_roll",
+    # sampling
+    "sample", "SampleResult", "SAMPLERS", "PREDICTORS", "CORRECTORS",
+    # ODE solvers
+    "solve_ode", "ODEResult", "SolverStatus", "available_methods", "METHODS", "StepSizeController", "ButcherTableau",
+    # two-sample metrics
+    "energy_distance", "mmd", "null_distribution", "calibrate_threshold", "moment_errors", "MomentErrors",
 ]
