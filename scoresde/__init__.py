@@ -3,6 +3,8 @@
 The public API is re-exported here by name; nothing else is public.
 """
 from .discrete import DDPMSchedule, SMLDSchedule
+from .evaluate import BPDResult, evaluate_bpd
+from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .metrics import MomentErrors, calibrate_threshold, energy_distance, mmd, moment_errors, null_distribution
 from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SampleResult, sample
 from .sde import SDE, BetaSchedule, CosineBeta, LinearBeta, ReverseSDE, SubVPSDE, VESDE, VPSDE
@@ -29,6 +31,8 @@ __all__ = [
     "checkerboard", "swiss_roll",
     # sampling
     "sample", "SampleResult", "SAMPLERS", "PREDICTORS", "CORRECTORS",
+    # likelihood
+    "log_likelihood", "LikelihoodResult", "bits_per_dim", "evaluate_bpd", "BPDResult",
     # ODE solvers
     "solve_ode", "ODEResult", "SolverStatus", "available_methods", "METHODS", "StepSizeController", "ButcherTableau",
     # two-sample metrics
