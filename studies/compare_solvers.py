@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import platform
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scoresde import VPSDE
+from scoresde.io import atomic_write
 from scoresde.metrics import calibrate_threshold, energy_distance
 from scoresde.sampling import sample
 from scoresde.targets import mixture_2d, mixture_nd
@@ -102,19 +101,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def summarize(rows):

@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from scoresde import VPSDE
+from scoresde.io import atomic_write
 
 FIELDS = ["schedule", "N", "max_abs_gap", "t_at_max", "sharp_bound", "bound_C_over_N", "rounding_bound"]
 U64 = np.finfo(np.float64).eps / 2
@@ -81,21 +80,6 @@ def slope(rows: list[dict]) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def plot(lin_rows, cos_rows, profile, path: Path, beta_min, beta_max, s) -> None:
     import matplotlib
 
@@ -137,7 +121,7 @@ def plot(lin_rows, cos_rows, profile, path: Path, beta_min, beta_max, s) -> None
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     w.writeheader()
     for r in lin_rows + cos_rows:
         w.writerow({k: (f"{v:.6e}" if isinstance(v, float) else v) for k, v in r.items()})
-    _atomic_write(out / "ddpm_vs_sde_gap.csv", buf.getvalue().encode())
+    atomic_write(out / "ddpm_vs_sde_gap.csv", buf.getvalue().encode())
     profile = (linear_gap(50, args.beta_min, args.beta_max), linear_gap(1000, args.beta_min, args.beta_max))
     plot(lin_rows, cos_rows, profile, out / "ddpm_vs_sde_gap.png", args.beta_min, args.beta_max, args.s)
 

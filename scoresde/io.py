@@ -1,0 +1,35 @@
+"""Writing files so that nothing a user wrote is ever lost: write to a temporary file in the same
+folder, flush it to disk, then rename it over the target (``os.replace`` is atomic on POSIX and
+Windows). A crash leaves either the old file or the new one, never half of one."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+
+def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically; create parent folders.
+
+    The file gets the usual permissions (``0666`` less the umask), not ``mkstemp``'s ``0600``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
