@@ -25,3 +25,14 @@ devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(params=devices)
 def device(request) -> str:
     return request.param
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test with one intra-op thread (restored afterwards). Tests of many tiny tensor ops run
+    several times faster so on a shared 2-core machine, where every parallel region costs a thread
+    wake-up. Use it per module with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

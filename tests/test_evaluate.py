@@ -17,13 +17,7 @@ from scoresde.evaluate import BPDResult, check_on_grid, dequantize_uniform, eval
 LN2 = math.log(2.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small ops: one thread is several times faster than two on a shared CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from scoresde.likelihood import bits_per_dim, divergence, draw_probes, log_likel
 from scoresde.targets import GaussianMixture, mixture_2d, mixture_nd
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids thread start-up costs on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def gen(seed):

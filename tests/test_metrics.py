@@ -28,14 +28,7 @@ from scoresde.targets import GaussianMixture, mixture_2d, mixture_nd
 Z = 4.5  # z-score bound for statistical checks with fixed seeds
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests run many small tensor ops; on a shared, loaded CPU every OpenMP parallel region
-    can cost milliseconds of thread wake-up, so run them single-threaded (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def gauss(n, D, mean=0.0, std=1.0, g=None):

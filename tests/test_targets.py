@@ -34,14 +34,7 @@ from scoresde.targets import (
 Z = 4.5  # z-score bound; with fixed seeds, and P(|N(0,1)| > 4.5) ~ 7e-6 per entry
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests run many small tensor ops; on a shared, loaded CPU every OpenMP parallel region
-    can cost milliseconds of thread wake-up, so run them single-threaded (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SDES = {
     "vp": scoresde.VPSDE(),
