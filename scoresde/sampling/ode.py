@@ -33,7 +33,8 @@ def ode_sampler(score_fn, sde: SDE, shape, *, eps: Optional[float] = None, gener
 
     def field(t, x):
         drift = rsde._sde(x, t)[0]
-        C.emit(callback, step=evals[0], t=t, x=x)
+        if callback is not None:  # the solver reuses its stage buffers: hand out copies
+            C.emit(callback, step=evals[0], t=t.clone(), x=x.clone())
         evals[0] += 1
         return drift
 

@@ -22,6 +22,7 @@ class SolveOptions:
     first_step: Optional[float]
     progress: bool
     controller: StepSizeController
+    cuda_graphs: bool = True
 
 
 @dataclass(frozen=True)
