@@ -2,11 +2,15 @@
 
 The public API is re-exported here by name; nothing else is public.
 """
+from .data import DATASETS, Dataset, dequantize, iterate_batches, load_cifar10, load_dataset, load_digits, load_mnist, load_toy
 from .discrete import DDPMSchedule, SMLDSchedule
 from .evaluate import BPDResult, evaluate_bpd
 from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
+from .losses import dsm_loss, importance_density, loss_weight, sample_importance_time
 from .metrics import MomentErrors, calibrate_threshold, energy_distance, mmd, moment_errors, null_distribution
+from .nets import GaussianFourierEmbedding, MLPScoreNet, SinusoidalEmbedding, UNet
 from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SampleResult, sample
+from .score import PARAMETERIZATIONS, ScoreModel
 from .sde import SDE, BetaSchedule, CosineBeta, LinearBeta, ReverseSDE, SubVPSDE, VESDE, VPSDE
 from .solvers import METHODS, ButcherTableau, ODEResult, SolverStatus, StepSizeController, available_methods, solve_ode
 from .targets import (
@@ -35,6 +39,12 @@ __all__ = [
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "evaluate_bpd", "BPDResult",
     # ODE solvers
     "solve_ode", "ODEResult", "SolverStatus", "available_methods", "METHODS", "StepSizeController", "ButcherTableau",
+    # score models, networks and training losses
+    "ScoreModel", "PARAMETERIZATIONS", "MLPScoreNet", "UNet", "SinusoidalEmbedding", "GaussianFourierEmbedding",
+    "dsm_loss", "loss_weight", "importance_density", "sample_importance_time",
+    # data
+    "Dataset", "DATASETS", "load_dataset", "load_digits", "load_mnist", "load_cifar10", "load_toy", "dequantize",
+    "iterate_batches",
     # two-sample metrics
     "energy_distance", "mmd", "null_distribution", "calibrate_threshold", "moment_errors", "MomentErrors",
 ]
