@@ -1,0 +1,255 @@
+"""A small U-Net score network for images ``(B, C, H, W)``.
+
+The architecture follows the DDPM U-Net of Ho, Jain & Abbeel (2020), "Denoising diffusion
+probabilistic models", Appendix B (itself a PixelCNN++ / Wide-ResNet backbone), scaled down:
+
+* a time embedding ``emb(t_net)`` (sinusoidal or Gaussian-Fourier) passed through a two-layer SiLU
+  MLP to ``4 * channels`` features;
+* residual blocks ``x + conv(SiLU(GN(conv(SiLU(GN(x))) + P e)))`` where ``P e`` is the projected
+  time embedding added per channel, with an optional dropout before the second convolution;
+* single-head (or multi-head) self-attention blocks at the listed spatial resolutions and always
+  in the middle (bottleneck), ``x + proj(Attention(GN(x)))`` (Vaswani et al. 2017);
+* ``len(channel_mults) - 1`` downsamplings (3x3 convolution, stride 2) and as many upsamplings
+  (nearest neighbour x2 then 3x3 convolution), with the activations of the down path concatenated
+  into the up path (skip connections, Ronneberger et al. 2015).
+
+Every operation acts on one sample at a time (GroupNorm normalises within a sample), so a
+sample's output does not depend on the rest of its batch.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._utils import append_dims
+from .embedding import make_embedding
+
+__all__ = ["UNet"]
+
+
+def _num_groups(channels: int, max_groups: int) -> int:
+    """GroupNorm groups: the largest divisor of ``channels`` that is at most ``max_groups``
+    (``gcd(channels, 32) = 32`` for the usual widths; ``channels`` itself for narrow layers)."""
+    return max(g for g in range(1, min(channels, max_groups) + 1) if channels % g == 0)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_num_groups(cin, groups), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.temb = nn.Linear(temb_dim, cout)
+        self.norm2 = nn.GroupNorm(_num_groups(cout, groups), cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x, temb):
+        h = self.conv1(self.act(self.norm1(x)))
+        h = h + append_dims(self.temb(temb), h.ndim)
+        h = self.conv2(self.dropout(self.act(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class _Attention(nn.Module):
+    def __init__(self, channels: int, heads: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_num_groups(channels, groups), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        self.heads = heads
+
+    def forward(self, x, temb=None):
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, C/heads)
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
+        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.proj(h)
+
+
+class _Down(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x, temb=None):
+        return self.conv(x)
+
+
+class _Up(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x, temb=None):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _pos_int(name, v, minimum=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+    return v
+
+
+class UNet(nn.Module):
+    """DDPM-style U-Net for images; see the module docstring for the architecture.
+
+    Args:
+        in_channels: image channels ``C`` (1 for digits/MNIST, 3 for CIFAR-10).
+        channels: base width; level ``i`` has ``channels * channel_mults[i]`` channels.
+        channel_mults: one multiplier per resolution level; the image is downsampled
+            ``len(channel_mults) - 1`` times, so ``H`` and ``W`` must be divisible by
+            ``2 ** (len(channel_mults) - 1)``.
+        num_res_blocks: residual blocks per level on the way down (``+1`` on the way up).
+        attn_resolutions: spatial sizes (feature-map height) of the levels that get self-attention
+            after each residual block, e.g. ``(16,)`` for 32x32 images as in DDPM. The level sizes
+            are ``H, H/2, H/4, ...``, so this needs ``image_size``; the bottleneck always has
+            attention. Every listed size must be one of the level sizes.
+        dropout: dropout rate inside the residual blocks (active in ``train()`` mode only).
+        embedding: ``"sinusoidal"`` or ``"fourier"`` time embedding of size ``channels``.
+        image_size: ``H`` (square) or ``(H, W)``; when given, inputs must have that size. ``None``
+            accepts any divisible size (then ``attn_resolutions`` must be empty).
+        out_channels: output channels (default ``in_channels``; the score has the shape of ``x``).
+        num_heads: attention heads; must divide the channels of every attention level.
+        norm_groups: at most this many GroupNorm groups (the largest divisor of the width <= it).
+        max_period, fourier_scale, seed: passed to the embedding.
+
+    ``forward(x, t_net)``: ``x`` of shape ``(B, C, H, W)``, ``t_net`` of shape ``(B,)``; returns a
+    tensor of shape ``(B, out_channels, H, W)``.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: int = 32, channel_mults: Sequence[int] = (1, 2),
+                 num_res_blocks: int = 1, attn_resolutions: Sequence[int] = (), dropout: float = 0.0,
+                 embedding: str = "sinusoidal", image_size: Optional[Union[int, Sequence[int]]] = None, *,
+                 out_channels: Optional[int] = None, num_heads: int = 1, norm_groups: int = 32,
+                 max_period: float = 10000.0, fourier_scale: float = 16.0, seed: int = 0):
+        super().__init__()
+        self.in_channels = _pos_int("in_channels", in_channels)
+        self.out_channels = _pos_int("out_channels", in_channels if out_channels is None else out_channels)
+        self.channels = _pos_int("channels", channels)
+        _pos_int("num_res_blocks", num_res_blocks)
+        _pos_int("num_heads", num_heads)
+        _pos_int("norm_groups", norm_groups)
+        mults = tuple(channel_mults)
+        if len(mults) == 0 or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mults):
+            raise ValueError(f"channel_mults must be a non-empty sequence of positive ints, got {channel_mults!r}")
+        if channels % 2:
+            raise ValueError(f"channels must be even (it is also the size of the time embedding), got {channels}")
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.channel_mults = mults
+        self.factor = 2 ** (len(mults) - 1)
+        if image_size is None:
+            self.image_size = None
+        else:
+            hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+            if len(hw) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in hw):
+                raise ValueError(f"image_size must be a positive int or a pair (H, W), got {image_size!r}")
+            self._check_divisible(hw)
+            self.image_size = hw
+        attn = tuple(attn_resolutions)
+        if attn and self.image_size is None:
+            raise ValueError("attn_resolutions are spatial sizes of the levels, which depend on the image size: "
+                             "pass image_size=... (or attn_resolutions=() for attention only at the bottleneck)")
+        level_sizes = [] if self.image_size is None else [self.image_size[0] // 2**i for i in range(len(mults))]
+        for r in attn:
+            if r not in level_sizes:
+                raise ValueError(f"attention resolution {r!r} is not a level size; the levels of a "
+                                 f"{self.image_size[0]}x{self.image_size[1]} input are {level_sizes}")
+        self.attn_resolutions = attn
+        for i, m in enumerate(mults):
+            if level_sizes and level_sizes[i] in attn and (channels * m) % num_heads:
+                raise ValueError(f"num_heads={num_heads} must divide the {channels * m} channels of the attention "
+                                 f"level {level_sizes[i]}")
+        if (channels * mults[-1]) % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide the {channels * mults[-1]} bottleneck channels")
+
+        temb_dim = 4 * channels
+        self.embedding = embedding
+        self.embed = make_embedding(embedding, channels, max_period=max_period, fourier_scale=fourier_scale,
+                                    seed=seed)
+        self.time_mlp = nn.Sequential(nn.Linear(channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.conv_in = nn.Conv2d(self.in_channels, channels, 3, padding=1)
+
+        # Down path: record the width of every activation pushed on the skip stack.
+        self.down = nn.ModuleList()
+        skips = [channels]
+        cur = channels
+        for i, m in enumerate(mults):
+            use_attn = bool(level_sizes) and level_sizes[i] in attn
+            for _ in range(num_res_blocks):
+                blocks = [_ResBlock(cur, channels * m, temb_dim, dropout, norm_groups)]
+                cur = channels * m
+                if use_attn:
+                    blocks.append(_Attention(cur, num_heads, norm_groups))
+                self.down.append(nn.ModuleList(blocks))
+                skips.append(cur)
+            if i != len(mults) - 1:
+                self.down.append(nn.ModuleList([_Down(cur)]))
+                skips.append(cur)
+
+        self.mid = nn.ModuleList([_ResBlock(cur, cur, temb_dim, dropout, norm_groups),
+                                  _Attention(cur, num_heads, norm_groups),
+                                  _ResBlock(cur, cur, temb_dim, dropout, norm_groups)])
+
+        self.up = nn.ModuleList()
+        for i in reversed(range(len(mults))):
+            m = mults[i]
+            use_attn = bool(level_sizes) and level_sizes[i] in attn
+            for _ in range(num_res_blocks + 1):
+                blocks = [_ResBlock(cur + skips.pop(), channels * m, temb_dim, dropout, norm_groups)]
+                cur = channels * m
+                if use_attn:
+                    blocks.append(_Attention(cur, num_heads, norm_groups))
+                self.up.append(nn.ModuleList(blocks))
+            if i != 0:
+                self.up.append(nn.ModuleList([_Up(cur)]))
+        assert not skips
+        self.out = nn.Sequential(nn.GroupNorm(_num_groups(cur, norm_groups), cur), nn.SiLU(),
+                                 nn.Conv2d(cur, self.out_channels, 3, padding=1))
+
+    def _check_divisible(self, hw):
+        if hw[0] % self.factor or hw[1] % self.factor:
+            raise ValueError(
+                f"an image of size {hw[0]}x{hw[1]} cannot be halved {len(self.channel_mults) - 1} times "
+                f"(channel_mults={self.channel_mults}): H and W must be divisible by {self.factor}; "
+                "use fewer channel_mults or pad the images")
+
+    def forward(self, x: torch.Tensor, t_net: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a tensor of shape (B, C, H, W), got {got}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x has {x.shape[1]} channels but the U-Net was built with in_channels={self.in_channels}")
+        hw = tuple(x.shape[2:])
+        if self.image_size is not None and hw != self.image_size:
+            raise ValueError(f"x is {hw[0]}x{hw[1]} but the U-Net was built for image_size={self.image_size}")
+        self._check_divisible(hw)
+        if not isinstance(t_net, torch.Tensor) or t_net.shape != (x.shape[0],):
+            got = tuple(t_net.shape) if isinstance(t_net, torch.Tensor) else type(t_net).__name__
+            raise ValueError(f"t_net must be a tensor of shape ({x.shape[0]},) (one time per sample), got {got}")
+
+        temb = self.time_mlp(self.embed(t_net.to(x.dtype)))
+        h = self.conv_in(x)
+        stack = [h]
+        for blocks in self.down:
+            for block in blocks:
+                h = block(h, temb)
+            stack.append(h)
+        for block in self.mid:
+            h = block(h, temb)
+        for blocks in self.up:
+            if not isinstance(blocks[0], _Up):
+                h = torch.cat([h, stack.pop()], dim=1)
+            for block in blocks:
+                h = block(h, temb)
+        return self.out(h)
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, channels={self.channels}, channel_mults={self.channel_mults}, "
+                f"attn_resolutions={self.attn_resolutions}, image_size={self.image_size}")

@@ -1,0 +1,227 @@
+"""ScoreModel (``scoresde.score``): every parameterization turns the exact prediction of a
+Gaussian-mixture oracle into the exact score, for VP, sub-VP and VE.
+
+The "networks" here are oracles that return what a perfect network of each parameterization
+would output. They are computed from the exact posterior of the mixture, independently of the
+package: for ``x_t = m x_0 + s z`` and a component ``N(mu_k, diag(S_k))`` the posterior of ``x_0``
+is Gaussian with mean ``mu_k + S_k m / (m^2 S_k + s^2) (x_t - m mu_k)`` (Bishop 2006, eq. 2.116), so
+
+    E[x_0 | x_t] = sum_k r_k(x_t) (mu_k + S_k m (x_t - m mu_k) / (m^2 S_k + s^2)),
+    E[z | x_t]   = (x_t - m E[x_0 | x_t]) / s,
+
+with ``r_k`` the responsibilities. Tweedie's formula (Efron 2011) says the score is
+``-E[z | x_t] / s``: the ScoreModel must reproduce ``GaussianMixture.score_fn`` (the exact score).
+``v`` follows Salimans & Ho (2022): ``v = alpha eps - sigma x_0`` with ``alpha = m/r``,
+``sigma = s/r``, ``r = sqrt(m^2 + s^2)`` (``r = 1`` for VP, where it is exactly their definition).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from scoresde import SubVPSDE, VESDE, VPSDE
+from scoresde.nets import MLPScoreNet
+from scoresde.score import ScoreModel
+from scoresde.targets import mixture_2d
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "vp_cosine": lambda: VPSDE(schedule="cosine")}
+PARAMS = ("eps", "score", "x0", "v")
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def coeffs(sde, t):
+    m, s = sde._coeffs(t)
+    return m[:, None], s[:, None]
+
+
+def posterior_means(mix, sde, x, t):
+    """E[x_0 | x_t] and E[z | x_t] from the Gaussian posterior of each component (module docstring)."""
+    m, s = coeffs(sde, t)
+    r = mix.responsibilities(x, t, sde)  # (B, K)
+    mu = mix.means.to(x.dtype)  # (K, D)
+    S = mix.variances.to(x.dtype)  # (K, D)
+    gain = S[None] * m[:, :, None] / (m[:, :, None] ** 2 * S[None] + s[:, :, None] ** 2)  # (B, K, D)
+    comp = mu[None] + gain * (x[:, None, :] - m[:, :, None] * mu[None])
+    x0 = (r[:, :, None] * comp).sum(1)
+    return x0, (x - m * x0) / s
+
+
+class Oracle(nn.Module):
+    """A perfect network for a parameterization, reading the time directly (``time_input="t"``)."""
+
+    def __init__(self, mix, sde, kind):
+        super().__init__()
+        self.mix, self.sde, self.kind = mix, sde, kind
+
+    def forward(self, x, t):
+        x0, ez = posterior_means(self.mix, self.sde, x, t)
+        m, s = coeffs(self.sde, t)
+        if self.kind == "eps":
+            return ez
+        if self.kind == "score":
+            return -ez / s
+        if self.kind == "x0":
+            return x0
+        r = torch.sqrt(m * m + s * s)
+        return (m * ez - s * x0) / r
+
+
+def noisy_batch(mix, sde, n, seed, lo=1e-3):
+    g = gen(seed)
+    x0 = mix.sample(n, generator=g, dtype=torch.float64)
+    t = lo + (sde.T - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+    z = torch.randn(n, mix.dim, generator=g, dtype=torch.float64)
+    m, s = coeffs(sde, t)
+    return x0, z, t, m * x0 + s * z
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("param", PARAMS)
+def test_oracle_prediction_gives_the_exact_score(sde_name, param):
+    mix, sde = mixture_2d(), SDES[sde_name]()
+    _, _, t, x = noisy_batch(mix, sde, 256, seed=1)
+    model = ScoreModel(Oracle(mix, sde, param), sde, param, time_input="t")
+    exact = mix.score_fn(sde)(x, t)
+    got = model.score_fn(x, t)
+    assert got.shape == x.shape
+    scale = exact.abs().max()
+    assert float((got - exact).abs().max()) < 1e-9 * float(scale) + 1e-9
+    # eps and x0 helpers agree with the posterior means.
+    x0_true, ez_true = posterior_means(mix, sde, x, t)
+    assert torch.allclose(model.eps(x, t), ez_true, rtol=1e-8, atol=1e-8)
+    assert torch.allclose(model.denoise(x, t), x0_true, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+def test_target_is_the_definition(sde_name):
+    sde = SDES[sde_name]()
+    g = gen(2)
+    x0, z = torch.randn(64, 3, generator=g, dtype=torch.float64), torch.randn(64, 3, generator=g, dtype=torch.float64)
+    t = 1e-3 + torch.rand(64, generator=g, dtype=torch.float64) * (1 - 1e-3)
+    net = MLPScoreNet(3, hidden=8, depth=1, emb_dim=8).double()
+    if sde_name == "ve":
+        sig = 0.01 * (50.0 / 0.01) ** t
+        m, s = torch.ones_like(t), sig
+    else:
+        B = 0.1 * t + 9.95 * t * t  # Song et al. (2021), Appendix B
+        m = torch.exp(-B / 2)
+        s = torch.sqrt(-torch.expm1(-B)) if sde_name == "vp" else -torch.expm1(-B)
+    m, s = m[:, None], s[:, None]
+    assert torch.equal(ScoreModel(net, sde, "eps").target(x0, z, t), z)
+    assert torch.allclose(ScoreModel(net, sde, "score").target(x0, z, t), -z / s, rtol=1e-12)
+    assert torch.equal(ScoreModel(net, sde, "x0").target(x0, z, t), x0)
+    v = ScoreModel(net, sde, "v").target(x0, z, t)
+    if sde_name == "vp":  # Salimans & Ho: alpha = sqrt(abar) = m, sigma = sqrt(1 - abar) = s
+        assert torch.allclose(v, m * z - s * x0, rtol=1e-12, atol=1e-12)
+    else:
+        r = torch.sqrt(m * m + s * s)
+        assert torch.allclose(v, (m * z - s * x0) / r, rtol=1e-12, atol=1e-12)
+
+
+@given(sde_name=st.sampled_from(["vp", "subvp", "ve"]), param=st.sampled_from(PARAMS),
+       t=st.floats(1e-4, 1.0), seed=st.integers(0, 2**16))
+def test_target_round_trips_and_the_prediction_is_affine(sde_name, param, t, seed):
+    """A network that outputs the target at x_t = m x0 + s z yields eps = z, x0 = x0, score = -z/s;
+    and for any output, eps_hat - z = eps_scale (out - target)."""
+    sde = SDES[sde_name]()
+    g = gen(seed)
+    x0, z = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
+    tt = torch.full((4,), t, dtype=torch.float64)
+    m, s = coeffs(sde, tt)
+    xt = m * x0 + s * z
+    holder = {}
+
+    class Fixed(nn.Module):
+        def forward(self, x, t_net):
+            return holder["out"]
+
+    model = ScoreModel(Fixed(), sde, param, time_input="t")
+    holder["out"] = model.target(x0, z, tt)
+    tol = dict(rtol=1e-9, atol=1e-9)
+    assert torch.allclose(model.eps(xt, tt), z, **tol)
+    assert torch.allclose(model.denoise(xt, tt) * m, x0 * m, **tol)
+    assert torch.allclose(model.score(xt, tt) * s, -z, **tol)
+    out = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    holder["out"] = out
+    k = model.eps_scale(tt)[:, None]
+    assert torch.allclose(model.eps(xt, tt) - z, k * (out - model.target(x0, z, tt)), **tol)
+
+
+def test_net_time_conventions():
+    """auto: 999 t / T for VP and sub-VP (Song et al.'s continuous DDPM models), log sigma(t) for VE."""
+    t = torch.tensor([1e-3, 0.25, 0.5, 1.0], dtype=torch.float64)
+    net = MLPScoreNet(2, hidden=8, depth=1, emb_dim=8)
+    for sde in (VPSDE(), SubVPSDE()):
+        model = ScoreModel(net, sde)
+        assert model.time_input == "scaled_t"
+        assert torch.allclose(model.net_time(t), 999.0 * t)
+    cos = VPSDE(schedule="cosine")
+    assert torch.allclose(ScoreModel(net, cos).net_time(t * cos.T), 999.0 * t)
+    ve = ScoreModel(net, VESDE(sigma_min=0.01, sigma_max=50.0))
+    assert ve.time_input == "log_sigma"
+    assert torch.allclose(ve.net_time(t), math.log(0.01) + t * math.log(50.0 / 0.01))
+    # log-SNR of VP: log(m^2 / s^2) = -log(e^B - 1).
+    B = 0.1 * t + 9.95 * t * t
+    assert torch.allclose(ScoreModel(net, VPSDE(), time_input="log_snr").net_time(t), -torch.log(torch.expm1(B)))
+    assert torch.equal(ScoreModel(net, VPSDE(), time_input="t").net_time(t), t)
+    assert torch.equal(ScoreModel(net, VPSDE(), time_input=lambda u: 2 * u).net_time(t), 2 * t)
+    assert torch.allclose(ScoreModel(net, VPSDE(), time_scale=1000.0).net_time(t), 1000.0 * t)
+
+
+def test_the_network_sees_net_time():
+    seen = {}
+
+    class Spy(nn.Module):
+        def forward(self, x, t_net):
+            seen["t"] = t_net
+            return torch.zeros_like(x)
+
+    model = ScoreModel(Spy(), VESDE(), "eps")
+    model.score_fn(torch.zeros(3, 2), 0.5)
+    assert seen["t"].shape == (3,)
+    assert torch.allclose(seen["t"], torch.full((3,), math.log(0.01 * 5000.0 ** 0.5)))
+
+
+def test_real_network_in_the_reverse_sde():
+    sde = VPSDE()
+    model = ScoreModel(MLPScoreNet(2, hidden=16, depth=2, emb_dim=16), sde, "v")
+    x = torch.randn(5, 2)
+    drift, diffusion = sde.reverse(model.score_fn).sde(x, 0.4)
+    assert drift.shape == x.shape and diffusion.shape == (5,)
+    assert model.score_fn(x, torch.full((5,), 0.4)).shape == x.shape
+
+
+def test_bad_arguments():
+    net = MLPScoreNet(2, hidden=8, depth=1, emb_dim=8)
+    with pytest.raises(ValueError, match="parameterization"):
+        ScoreModel(net, VPSDE(), "noise")
+    with pytest.raises(ValueError, match="time_input"):
+        ScoreModel(net, VPSDE(), time_input="sigma")
+    with pytest.raises(TypeError, match="SDE"):
+        ScoreModel(net, "vp")
+    with pytest.raises(TypeError, match="net"):
+        ScoreModel(3, VPSDE())
+    with pytest.raises(ValueError, match="time_scale"):
+        ScoreModel(net, VPSDE(), time_scale=0.0)
+    model = ScoreModel(net, VPSDE())
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        model.score(torch.zeros(3, 2), torch.zeros(2))
+
+    class Wrong(nn.Module):
+        def forward(self, x, t_net):
+            return x[:, :1]
+
+    with pytest.raises(ValueError, match="shaped like x"):
+        ScoreModel(Wrong(), VPSDE()).score(torch.zeros(3, 2), 0.5)
+    with pytest.raises(ValueError, match="noise"):
+        model.target(torch.zeros(3, 2), torch.zeros(3, 3), 0.5)
