@@ -13,6 +13,7 @@ from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SampleResult, sample
 from .score import PARAMETERIZATIONS, ScoreModel
 from .sde import SDE, BetaSchedule, CosineBeta, LinearBeta, ReverseSDE, SubVPSDE, VESDE, VPSDE
 from .solvers import METHODS, ButcherTableau, ODEResult, SolverStatus, StepSizeController, available_methods, solve_ode
+from .train import TrainConfig, TrainingDiverged, TrainResult, build_model, build_sde, load_checkpoint, load_model, train
 from .targets import (
     GaussianMixture,
     checkerboard,
@@ -42,6 +43,9 @@ __all__ = [
     # score models, networks and training losses
     "ScoreModel", "PARAMETERIZATIONS", "MLPScoreNet", "UNet", "SinusoidalEmbedding", "GaussianFourierEmbedding",
     "dsm_loss", "loss_weight", "importance_density", "sample_importance_time",
+    # training
+    "TrainConfig", "TrainResult", "TrainingDiverged", "train", "build_sde", "build_model", "load_checkpoint",
+    "load_model",
     # data
     "Dataset", "DATASETS", "load_dataset", "load_digits", "load_mnist", "load_cifar10", "load_toy", "dequantize",
     "iterate_batches",

@@ -1,0 +1,305 @@
+"""The training loop: warm-up schedule, EMA, atomic checkpoints, bitwise resume, divergence stop,
+configuration, and that training actually learns the score of a Gaussian mixture (checked against
+the mixture's exact score, which minimises the same DSM objective)."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from scoresde.data import load_toy
+from scoresde.losses import dsm_loss
+from scoresde.nets import GaussianFourierEmbedding, SinusoidalEmbedding
+from scoresde.train import (
+    CHECKPOINT_NAME,
+    TrainConfig,
+    TrainingDiverged,
+    build_model,
+    build_sde,
+    load_checkpoint,
+    load_model,
+    train,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_toy("mixture_2d", n_train=512, n_test=64, seed=3)
+
+
+def _cfg(tmp_path, name="run", **kw):
+    base = dict(dataset="mixture_2d", steps=12, batch_size=32, hidden=16, depth=2, emb_dim=8, lr=1e-2, warmup=3,
+                ema_decay=0.9, checkpoint_every=4, log_every=2, out_dir=str(tmp_path / name), device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _records(path, kind="train"):
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == kind]
+
+
+def _assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and builders.
+# ---------------------------------------------------------------------------------------------
+def test_config_json_roundtrip_and_saved_in_run(tmp_path, toy):
+    cfg = _cfg(tmp_path, channel_mults=(1, 2, 2), attn_resolutions=(4,), steps=2)
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg and isinstance(again.channel_mults, tuple)
+    res = train(cfg, dataset=toy, progress=False)
+    assert TrainConfig.load(res.config_path) == cfg
+    assert TrainConfig.from_dict(load_checkpoint(res.checkpoint)["config"]) == cfg
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(steps=-3), "steps"), (dict(batch_size=0), "batch_size"), (dict(sde="vpp"), "sde"),
+    (dict(ema_decay=1.0), "ema_decay"), (dict(lr=float("nan")), "lr"), (dict(beta_min=30.0), "beta_min"),
+    (dict(emb_dim=7), "even"), (dict(net="cnn"), "net"),
+])
+def test_config_rejects_impossible_values(change, words):
+    with pytest.raises(ValueError, match=words):
+        TrainConfig(**change)
+
+
+def test_config_from_dict_names_unknown_fields():
+    with pytest.raises(ValueError, match="learning_rate.*valid"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+
+
+def test_build_model_embeddings_follow_the_sde():
+    cfg = TrainConfig(hidden=8, depth=1, emb_dim=8)
+    vp = build_model(cfg, (2,))
+    ve = build_model(cfg.replace(sde="ve"), (2,))
+    assert isinstance(vp.net.embed, SinusoidalEmbedding) and vp.time_input == "scaled_t"
+    assert isinstance(ve.net.embed, GaussianFourierEmbedding) and ve.time_input == "log_sigma"
+    assert type(build_sde(cfg.replace(sde="subvp"))).__name__ == "SubVPSDE"
+    with pytest.raises(ValueError, match="net='mlp'"):
+        build_model(cfg.replace(net="unet"), (2,))
+    unet = build_model(cfg.replace(net="unet", channels=8, channel_mults=(1, 2)), (1, 8, 8))
+    assert unet(torch.zeros(3, 1, 8, 8), torch.full((3,), 0.5)).shape == (3, 1, 8, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedule and EMA.
+# ---------------------------------------------------------------------------------------------
+def test_linear_warmup_then_constant(tmp_path, toy):
+    cfg = _cfg(tmp_path, steps=10, warmup=4, lr=3e-3, log_every=1)
+    res = train(cfg, dataset=toy, progress=False)
+    lrs = {r["step"]: r["lr"] for r in _records(res.metrics_path)}
+    assert sorted(lrs) == list(range(1, 11))
+    for s, lr in lrs.items():  # update s uses lr * min(1, s / warmup)
+        assert lr == pytest.approx(3e-3 * min(1.0, s / 4), rel=1e-12)
+    assert lrs[1] > 0 and lrs[1] < lrs[2] < lrs[3] < lrs[4] == lrs[10]
+
+
+def test_ema_is_the_exponential_average_of_the_iterates(tmp_path, toy):
+    d = 0.7
+    seen = {}
+
+    def record(step, model, ema, cfg):
+        flat = lambda m: torch.cat([p.detach().double().reshape(-1) for p in m.parameters()])  # noqa: E731
+        seen[step] = (flat(model), flat(ema))
+
+    cfg = _cfg(tmp_path, steps=8, ema_decay=d, eval_every=1)
+    res = train(cfg, dataset=toy, hooks=[record], progress=False)
+    assert sorted(seen) == list(range(0, 9))
+    p0, e0 = seen[0]
+    assert torch.equal(p0, e0)  # e_0 = p_0
+    e = p0.clone()
+    for s in range(1, 9):  # e_s = d e_{s-1} + (1 - d) p_s, computed here in float64
+        p, got = seen[s]
+        e = d * e + (1 - d) * p
+        torch.testing.assert_close(got, e, rtol=1e-5, atol=1e-6)
+    assert (seen[8][0] - seen[8][1]).abs().max() > 1e-3  # the average lags the iterates
+    torch.testing.assert_close(torch.cat([p.double().reshape(-1) for p in res.ema_model.parameters()]), e,
+                               rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and resume.
+# ---------------------------------------------------------------------------------------------
+def _tmp_files(folder):
+    return [f for f in os.listdir(folder) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("where", ["torch.save", "os.replace"])
+def test_failed_checkpoint_write_keeps_the_old_checkpoint(tmp_path, toy, monkeypatch, where):
+    cfg = _cfg(tmp_path, steps=4)
+    train(cfg, dataset=toy, progress=False)
+    ckpt = tmp_path / "run" / CHECKPOINT_NAME
+    before = ckpt.read_bytes()
+
+    if where == "torch.save":
+        def broken(obj, f, *a, **k):
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError("disk full (simulated)")
+        monkeypatch.setattr(torch, "save", broken)
+    else:
+        real = os.replace
+
+        def broken(src, dst, *a, **k):
+            if str(dst).endswith(".pt"):
+                raise OSError("crash before the rename (simulated)")
+            return real(src, dst, *a, **k)
+        monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError, match="simulated"):
+        train(cfg.replace(steps=8), dataset=toy, progress=False)
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == before
+    assert load_checkpoint(ckpt)["step"] == 4
+    assert _tmp_files(tmp_path / "run") == []
+
+
+def test_resume_is_bitwise_identical(tmp_path, toy):
+    cfg = _cfg(tmp_path, "full", eval_every=1)
+    full = train(cfg, dataset=toy, progress=False)
+
+    # (a) killed by an exception at step 6: the last checkpoint is step 4
+    def kill(step, model, ema, cfg):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    cut = cfg.replace(out_dir=str(tmp_path / "cut"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, dataset=toy, hooks=[kill], progress=False)
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)["step"] == 4
+    resumed = train(cut, dataset=toy, progress=False)
+    assert resumed.resumed_from == 4 and resumed.step == 12
+
+    # (b) stopped by the step limit at 6 (not a checkpoint multiple), then extended to 12
+    short = cfg.replace(out_dir=str(tmp_path / "short"), steps=6)
+    train(short, dataset=toy, progress=False)
+    extended = train(short.replace(steps=12), dataset=toy, progress=False, resume=True)
+    assert extended.resumed_from == 6
+
+    for other in (resumed, extended):
+        _assert_same_state(full.model, other.model)
+        _assert_same_state(full.ema_model, other.ema_model)
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    for k, v in a["optimizer"]["state"].items():
+        for name in v:
+            assert torch.equal(v[name], b["optimizer"]["state"][k][name])
+    assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
+    # the metrics log of the resumed run has the same train records (times aside)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
+    assert strip(_records(full.metrics_path)) == strip(_records(resumed.metrics_path))
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path, toy):
+    cfg = _cfg(tmp_path, steps=4)
+    train(cfg, dataset=toy, progress=False)
+    with pytest.raises(ValueError, match=r"lr: 0\.01 -> 0\.02"):
+        train(cfg.replace(lr=0.02, steps=8), dataset=toy, progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(cfg, dataset=toy, progress=False, resume=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(cfg.replace(out_dir=str(tmp_path / "empty")), dataset=toy, progress=False, resume=True)
+    # nothing left to do: the checkpoint is returned as it is
+    again = train(cfg, dataset=toy, progress=False)
+    assert again.resumed_from == 4 and again.step == 4
+
+
+def test_keep_checkpoints_keeps_each_step(tmp_path, toy):
+    cfg = _cfg(tmp_path, steps=8, keep_checkpoints=True)
+    train(cfg, dataset=toy, progress=False)
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "checkpoint_00000004.pt")["step"] == 4
+    assert load_checkpoint(run / "checkpoint_00000008.pt")["step"] == 8
+    assert load_checkpoint(run / CHECKPOINT_NAME)["step"] == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence.
+# ---------------------------------------------------------------------------------------------
+def test_nan_stops_the_run_naming_the_first_bad_step(tmp_path, toy):
+    def poison(step, model, ema, cfg):
+        if step == 4:  # after update 4: the loss of update 5 is NaN; the check at step 6 reports it
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    cfg = _cfg(tmp_path, steps=12, checkpoint_every=3, log_every=3, eval_every=1)
+    with pytest.raises(TrainingDiverged, match=r"non-finite \(nan\) at step 5\b.*step 3\)"):
+        train(cfg, dataset=toy, hooks=[poison], progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    assert ckpt["step"] == 3
+    assert all(torch.isfinite(v).all() for part in ("model", "ema") for v in ckpt[part].values())
+
+
+def test_huge_learning_rate_diverges_at_step_2(tmp_path, toy):
+    # Adam's first update moves every weight by about lr = 1e30, so the second loss overflows.
+    cfg = _cfg(tmp_path, lr=1e30, warmup=0, checkpoint_every=1, log_every=1, grad_clip=0.0)
+    with pytest.raises(TrainingDiverged, match=r"at step 2\b") as err:
+        train(cfg, dataset=toy, progress=False)
+    assert "lr=1e+30" in str(err.value)
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    assert ckpt["step"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_dataset_and_batch_checks(tmp_path, toy):
+    with pytest.raises(ValueError, match="exceeds the 512 training samples"):
+        train(_cfg(tmp_path, batch_size=1000), dataset=toy, progress=False)
+    with pytest.raises(ValueError, match="CUDA"):
+        train(_cfg(tmp_path, bf16=True), dataset=toy, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# It learns.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sde, parameterization, time_sampler, weighting", [
+    ("vp", "eps", "uniform", "sigma2"),
+    ("subvp", "v", "importance", "likelihood"),
+    ("ve", "eps", "uniform", "sigma2"),
+])
+def test_training_learns_the_mixture_score(tmp_path, sde, parameterization, time_sampler, weighting):
+    """On a Gaussian mixture the exact score minimises the DSM objective, and its loss is the floor
+    no network can go below. With the same (x0, t, z) draws for every model: the trained model is
+    below the untrained one by many standard errors of the paired difference, and its excess over
+    the floor is a small fraction (15 %) of the floor itself."""
+    ds = load_toy("mixture_2d", n_train=4096, n_test=16, seed=0)
+    oracle = ds.info["oracle"]
+    init = {}
+
+    def keep_initial(step, model, ema, cfg):
+        if step == 0:
+            init["model"] = copy.deepcopy(model)
+
+    cfg = TrainConfig(dataset="mixture_2d", sde=sde, sigma_max=10.0, parameterization=parameterization,
+                      time_sampler=time_sampler, weighting=weighting, steps=500, batch_size=256, hidden=64,
+                      depth=2, emb_dim=16, lr=3e-3, warmup=20, ema_decay=0.98, checkpoint_every=500,
+                      log_every=50, out_dir=str(tmp_path / "run"), device="cpu")
+    res = train(cfg, dataset=ds, hooks=[keep_initial], progress=False)
+    sde_ = res.ema_model.sde
+
+    n = 20000
+    g = torch.Generator().manual_seed(123)
+    x0 = oracle.sample(n, generator=g, dtype=torch.float32)
+    eps = 1e-3  # t ~ U[1e-3, T], the range the samplers use
+    t = eps + (sde_.T - eps) * torch.rand(n, generator=g)
+    z = torch.randn(n, 2, generator=g)
+    with torch.no_grad():
+        def loss(m):
+            return dsm_loss(m, sde_, x0, t=t, noise=z, weighting="sigma2").double()
+        exact = loss(oracle.score_fn(sde_))
+        trained, initial = loss(res.ema_model), loss(init["model"].eval())
+    excess = trained - exact
+    excess0 = initial - exact
+    gain, se_gain = (initial - trained).mean(), (initial - trained).std() / math.sqrt(n)
+    assert excess0.mean() > 10 * excess0.std() / math.sqrt(n), "the untrained network should be far from the floor"
+    assert gain > 10 * se_gain
+    assert excess.mean() < 0.15 * exact.mean(), (float(excess.mean()), float(exact.mean()))
+    # the loaded checkpoint gives the same model
+    model, cfg2, ckpt = load_model(res.checkpoint)
+    assert cfg2 == cfg and ckpt["step"] == 500
+    _assert_same_state(model, res.ema_model)
