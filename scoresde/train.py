@@ -468,6 +468,8 @@ def _setup_distributed(cfg: TrainConfig) -> Tuple[_Dist, torch.device]:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={cfg.device!r} but no CUDA device is available; use device='cpu'")
+        if device.index is None:  # plain "cuda": the current device, made explicit for set_device/DDP
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     for flag in ("bf16", "compile"):
         if getattr(cfg, flag) and device.type != "cuda":
