@@ -34,7 +34,10 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class BetaSchedule(abc.ABC):
     """``beta(t)`` of a VP-type SDE with its integral ``B(t)`` and the inverse of ``B``."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Short name of the schedule (a subclass may set a class attribute; default: the class name)."""
+        return type(self).__name__
 
     @abc.abstractmethod
     def beta(self, t: torch.Tensor) -> torch.Tensor: ...

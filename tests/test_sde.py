@@ -559,3 +559,28 @@ def test_prior_errors():
         VESDE().prior_logp(torch.tensor([[0.0], [float("-inf")]]))
     with pytest.raises(ValueError, match=r"shape \(B, \*dims\)"):
         sde.prior_logp(torch.tensor(0.0))
+
+
+def test_custom_schedule_without_a_name_attribute():
+    """A user's BetaSchedule subclass needs only the four maths methods; its name defaults to the
+    class name (it used to fail with an AttributeError on construction of the SDE)."""
+    from scoresde.sde import BetaSchedule
+
+    class ConstantBeta(BetaSchedule):
+        def beta(self, t):
+            return torch.full_like(t, 2.0)
+
+        def integral(self, t):
+            return 2.0 * t
+
+        def inverse_integral(self, b):
+            return b / 2.0
+
+        def ddpm(self, N):
+            return DDPMSchedule(torch.full((N,), 2.0 / N, dtype=torch.float64))
+
+    sde = VPSDE(schedule=ConstantBeta())
+    assert sde.schedule.name == "ConstantBeta" and sde.T == 1.0
+    mean, std = sde.marginal_prob(torch.ones(3, 2), 0.5)  # m = exp(-B/2) = exp(-1/2) at t = 0.5
+    assert torch.allclose(mean, torch.full((3, 2), math.exp(-0.5)))
+    assert torch.allclose(std, torch.full((3,), math.sqrt(1 - math.exp(-1.0))))
