@@ -1,0 +1,606 @@
+"""Test bits/dim of VP, sub-VP and VE score models on the digits, three divergence estimators,
+classical baselines, and an oracle check of the likelihood pipeline.
+
+Workflow (2) of the package: the negative log-likelihood in bits/dim on a test set.
+
+* **Score models.** A VP, a sub-VP and a VE score model are trained on the 8x8 digits with the
+  same network and the same budget (:func:`scoresde.train`, :data:`PLANS`), or loaded from
+  ``--checkpoints``. Each is evaluated with :func:`scoresde.evaluate_bpd` (probability-flow ODE,
+  Song et al. 2021, Section 4.3; per-sample dopri5; eps = 1e-5; uniform dequantization on the data
+  grid) with three divergence estimators: Hutchinson–Skilling with one Rademacher probe, with
+  several probes (their mean per evaluation), and the exact trace (``D = 64`` vector-Jacobian
+  products per evaluation; on the first ``N`` test images only, for time). For each: the mean over
+  images ± its standard error (each image first averaged over ``repeats`` fresh dequantizations
+  and probes), the median image, the number of images above ``2 log2(n_levels)`` bits/dim
+  (``outliers``: a learned field can send a few images' ODE far off, and a mean over images then
+  explodes while the median does not), the mean NFE per image and evaluation, and the wall time.
+  Every estimator is also summarised on the exact-trace subset (the same images), so the
+  estimators can be compared image for image.
+* **Baselines**, fitted to the dequantized training images and evaluated on the same test images
+  with the same dequantization and offset: a full-covariance Gaussian and a Gaussian mixture
+  (EM), from ``studies/baselines.py``.
+* **Oracle check.** For samples of a known 64-D Gaussian mixture (:func:`scoresde.mixture_nd`) the
+  pipeline (:func:`scoresde.log_likelihood`, exact score, exact trace) is compared with the
+  analytic ``log p_eps`` (:meth:`GaussianMixture.marginal_log_prob`) under each of the three SDEs,
+  after removing the known prior mismatch ``log N(z; prior) - log p_T(z)`` (the ODE starts from the
+  prior, the mixture's ``p_T`` is not exactly the prior; see tests/test_likelihood.py). The
+  difference is compared with an error budget derived from the solver tolerance: dopri5 keeps
+  the weighted RMS of each accepted step's local error estimate over the ``D + 1`` state entries
+  below 1, so one step moves the log-density integral by at most
+  ``sqrt(D + 1) (atol + rtol |delta logp|)`` nats beyond the true step; over ``n_accepted`` steps
+  and in bits/dim, ``budget = n_accepted sqrt(D + 1) (atol + rtol |delta logp|) / (D ln 2)``
+  (a heuristic bound: it ignores how errors in ``x`` feed the divergence; the 5th-order solution
+  that is propagated is more accurate than the estimate that is controlled).
+
+bits/dim = ``-log p / (D ln 2) + log2(n_levels / (hi - lo))`` (:func:`scoresde.bits_per_dim`), an
+upper bound on the discrete NLL (uniform dequantization, Theis et al. 2016); the oracle rows are a
+continuous density and have no offset: ``-log p / (D ln 2)``.
+
+Outputs (atomic): ``nll_table_<tag>.csv`` (one row per model x estimator, per baseline, per
+oracle SDE), ``nll_table_<tag>.md`` and ``nll_table_<tag>.png``.
+
+    python studies/nll_table.py --out docs/figures          # full: ~15 minutes on 2 shared CPU cores
+    python studies/nll_table.py --quick --out /tmp/nll       # a minute at most; what the test runs
+    python studies/nll_table.py --checkpoints vp=runs/a,subvp=runs/b,ve=runs/c --device cuda
+    python studies/nll_table.py --replot docs/figures/nll_table_cpu.csv --out docs/figures
+
+References: Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), "Score-based generative
+modeling through stochastic differential equations", ICLR; Hutchinson (1989); Skilling (1989);
+Grathwohl et al. (2019), "FFJORD"; Theis, van den Oord & Bethge (2016), "A note on the evaluation
+of generative models".
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import io
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from scoresde import (TrainConfig, bits_per_dim, build_sde, dequantize, evaluate_bpd, load_digits, load_model,
+                      log_likelihood, mixture_nd, train)
+from scoresde.io import atomic_write
+
+MODELS = ("vp", "subvp", "ve")
+MODEL_LABEL = {"vp": "VP", "subvp": "sub-VP", "ve": "VE"}
+
+#: The training budget and evaluation settings. Same network and budget for the three SDEs.
+#: sigma_max = 10 for VE: about the largest distance between two training images in [-1, 1]^64
+#: (9.06; Song & Ermon 2020, technique 1). The MLP with sigma^2 weighting is what trains to a sane
+#: field in CPU minutes (likelihood weighting sends some test images' ODE off, see docs/results.md).
+PLANS = {
+    "full": dict(
+        train=dict(net="mlp", hidden=256, depth=3, emb_dim=64, steps=12000, batch_size=128, lr=2e-3, warmup=200,
+                   ema_decay=0.999, weighting="sigma2", time_sampler="uniform", parameterization="eps",
+                   sigma_max=10.0, log_every=100, checkpoint_every=2000),
+        n_test=None, repeats=3, n_probes=4, n_exact=128, exact_repeats=1, rtol=1e-5,
+        oracle_n=64, oracle_rtol=1e-6, gmm_k=10, baseline_repeats=3),
+    "quick": dict(
+        train=dict(net="mlp", hidden=64, depth=2, emb_dim=16, steps=40, batch_size=64, lr=2e-3, warmup=10,
+                   ema_decay=0.9, weighting="sigma2", time_sampler="uniform", parameterization="eps",
+                   sigma_max=10.0, log_every=10, checkpoint_every=40),
+        n_test=8, repeats=2, n_probes=4, n_exact=4, exact_repeats=1, rtol=1e-3,
+        oracle_n=4, oracle_rtol=1e-6, gmm_k=2, baseline_repeats=1),
+}
+
+ORACLE_D, ORACLE_K = 64, 4
+EPS = 1e-5
+PARTS = ("models", "baselines", "oracle")
+
+FIELDS = ["kind", "model", "estimator", "trace", "n_probes", "n", "repeats", "mean", "stderr", "median",
+          "n_outliers", "outlier_threshold", "n_failed", "nfe_mean", "wall_s", "subset_n", "subset_mean",
+          "subset_stderr", "analytic", "difference", "tol_bound", "prior_mismatch", "rtol", "atol", "eps",
+          "train_steps", "train_s", "train_loss", "info", "device", "torch", "date", "command"]
+INT_FIELDS = ("n_probes", "n", "repeats", "n_outliers", "n_failed", "subset_n", "train_steps")
+STR_FIELDS = ("kind", "model", "estimator", "trace", "info", "device", "torch", "date", "command")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------
+def _baselines_module():
+    """studies/baselines.py (one definition of the Gaussian and GMM baselines)."""
+    path = Path(__file__).resolve().parent / "baselines.py"
+    spec = importlib.util.spec_from_file_location("baselines", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def estimators(n_probes: int) -> list[tuple[str, str, int]]:
+    """``(label, trace, n_probes)`` of the three estimators."""
+    return [("rademacher x1", "rademacher", 1), (f"rademacher x{n_probes}", "rademacher", n_probes),
+            ("exact trace", "exact", 1)]
+
+
+def summarise(per_sample: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error ``std(ddof=1) / sqrt(n)`` of per-image values (NaN-free part)."""
+    v = per_sample[torch.isfinite(per_sample)].double()
+    n = v.numel()
+    mean = float(v.mean()) if n else math.nan
+    se = float(v.std(unbiased=True) / math.sqrt(n)) if n >= 2 else math.nan
+    return mean, se
+
+
+def distribution_stats(per_sample: torch.Tensor, threshold: float) -> dict:
+    v = per_sample[torch.isfinite(per_sample)].double()
+    return dict(median=float(v.median()) if v.numel() else math.nan, n_outliers=int((v > threshold).sum()))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seed(seed: int, *parts: int) -> int:
+    """A seed per (model, estimator), independent of which other models are run."""
+    out = seed
+    for p in parts:
+        out = out * 1_000_003 + p + 1
+    return out % 2**62
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return (f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} thread(s))")
+
+
+def train_config(plan: dict, sde: str, runs_dir: Path, seed: int, device: torch.device) -> TrainConfig:
+    return TrainConfig(dataset="digits", sde=sde, seed=seed, out_dir=str(runs_dir / sde), device=str(device),
+                       **plan["train"])
+
+
+def describe(cfg: TrainConfig) -> str:
+    sde = (f"sigma in [{cfg.sigma_min:g}, {cfg.sigma_max:g}]" if cfg.sde == "ve"
+           else f"beta in [{cfg.beta_min:g}, {cfg.beta_max:g}]")
+    net = (f"MLP {cfg.hidden}x{cfg.depth}" if cfg.net == "mlp"
+           else f"U-Net ch {cfg.channels} x {list(cfg.channel_mults)}")
+    return (f"{net}, {cfg.parameterization}-prediction, {cfg.weighting} weighting, {cfg.time_sampler} t, "
+            f"{cfg.steps} steps x batch {cfg.batch_size}, lr {cfg.lr:g}, EMA {cfg.ema_decay:g}; {sde}")
+
+
+def checkpoint_path(path) -> Path:
+    """A checkpoint file, or ``checkpoint_last.pt`` of a run folder."""
+    path = Path(path)
+    return path / "checkpoint_last.pt" if path.is_dir() else path
+
+
+def get_model(name: str, args, ds, plan: dict, device: torch.device):
+    """``(ScoreModel (EMA, eval), TrainConfig, dict(train_steps, train_s, train_loss))``."""
+    if name in args.checkpoints:
+        model, cfg, ckpt = load_model(checkpoint_path(args.checkpoints[name]), device=device)
+        if cfg.sde != name:
+            raise SystemExit(f"--checkpoints {name}={args.checkpoints[name]} holds a {cfg.sde!r} model, not {name!r}")
+        if tuple(ckpt["data_shape"]) != tuple(ds.shape):
+            raise SystemExit(f"--checkpoints {name}=...: the model was trained on data of shape "
+                             f"{tuple(ckpt['data_shape'])}, the digits are {tuple(ds.shape)}")
+        return model, cfg, dict(train_steps=int(ckpt["step"]), train_s=float(ckpt.get("wall_time", math.nan)),
+                                train_loss=float(ckpt.get("loss", math.nan)))
+    cfg = train_config(plan, name, args.runs_dir, args.seed, device)
+    res = train(cfg, dataset=ds, progress=args.progress)
+    model = res.ema_model.eval()
+    return model, cfg, dict(train_steps=res.step, train_s=res.wall_time, train_loss=res.loss)
+
+
+def evaluate_model(name: str, model, cfg: TrainConfig, meta: dict, ds, args, plan, device, bar) -> list[dict]:
+    rows = []
+    n_test = ds.test.shape[0] if plan["n_test"] is None else min(plan["n_test"], ds.test.shape[0])
+    n_exact = min(plan["n_exact"], n_test)
+    threshold = 2 * math.log2(ds.n_levels)
+    sde = model.sde
+    for k, (label, trace, n_probes) in enumerate(estimators(plan["n_probes"])):
+        n = n_exact if trace == "exact" else n_test
+        repeats = plan["exact_repeats"] if trace == "exact" else plan["repeats"]
+        data = ds.test[:n].to(device)
+        gen = torch.Generator(device=device).manual_seed(_seed(args.seed, MODELS.index(name), k))
+        _sync(device)
+        t0 = time.perf_counter()
+        res = evaluate_bpd(model.score_fn, sde, data, repeats=repeats, trace=trace, n_probes=n_probes, eps=EPS,
+                           rtol=plan["rtol"], atol=plan["rtol"], batch_size=args.batch_size, generator=gen,
+                           device=device, progress=args.progress, **ds.bpd_kwargs())
+        _sync(device)
+        wall = time.perf_counter() - t0
+        per = res.per_sample_bpd
+        sub_mean, sub_se = summarise(per[:n_exact])
+        rows.append(dict(kind="model", model=name, estimator=label, trace=trace, n_probes=n_probes if trace != "exact"
+                         else 0, n=n, repeats=repeats, mean=res.mean, stderr=res.stderr,
+                         **distribution_stats(per, threshold), outlier_threshold=threshold, n_failed=res.n_failed,
+                         nfe_mean=res.mean_nfe, wall_s=wall, subset_n=n_exact, subset_mean=sub_mean,
+                         subset_stderr=sub_se, rtol=plan["rtol"], atol=plan["rtol"], eps=EPS, info=describe(cfg),
+                         **meta))
+        bar.update(1)
+    return rows
+
+
+def baseline_rows(ds, args, plan, bar) -> list[dict]:
+    """Gaussian and GMM (studies/baselines.py) on the same test images, with per-image values."""
+    bl = _baselines_module()
+    n_test = ds.test.shape[0] if plan["n_test"] is None else min(plan["n_test"], ds.test.shape[0])
+    n_exact = min(plan["n_exact"], n_test)
+    test = ds.test[:n_test]
+    threshold = 2 * math.log2(ds.n_levels)
+    rows = []
+    for model, k in (("gaussian", None), (f"gmm (K={plan['gmm_k']})", plan["gmm_k"])):
+        g = torch.Generator().manual_seed(_seed(args.seed, 100 + (k or 0)))
+        t0 = time.perf_counter()
+        bpd = []
+        for r in range(plan["baseline_repeats"]):
+            tr = dequantize(ds.train.double(), ds.n_levels, ds.data_range, g)
+            te = dequantize(test.double(), ds.n_levels, ds.data_range, g)
+            logp = bl.gaussian_logp(tr, te) if k is None else bl.gmm_logp(tr, te, k, args.seed + r)
+            bpd.append(bits_per_dim(logp, ds.num_dims, n_levels=ds.n_levels, data_range=ds.data_range))
+        wall = time.perf_counter() - t0
+        per = torch.stack(bpd).mean(0)
+        mean, se = summarise(per)
+        sub_mean, sub_se = summarise(per[:n_exact])
+        info = ("maximum-likelihood full-covariance Gaussian of the dequantized training images" if k is None else
+                f"{k}-component full-covariance GMM (EM, scikit-learn) of the dequantized training images")
+        rows.append(dict(kind="baseline", model=model, estimator="exact density", trace="", n_probes=0, n=n_test,
+                         repeats=plan["baseline_repeats"], mean=mean, stderr=se, **distribution_stats(per, threshold),
+                         outlier_threshold=threshold, n_failed=int((~torch.isfinite(per)).sum()), nfe_mean=math.nan,
+                         wall_s=wall, subset_n=n_exact, subset_mean=sub_mean, subset_stderr=sub_se, info=info))
+        bar.update(1)
+    return rows
+
+
+def oracle_rows(sdes: dict, args, plan, device, bar) -> list[dict]:
+    """The pipeline against the analytic log-density of a 64-D Gaussian mixture, per SDE."""
+    mix = mixture_nd(D=ORACLE_D, K=ORACLE_K)
+    D = mix.dim
+    x = mix.sample(plan["oracle_n"], generator=torch.Generator().manual_seed(_seed(args.seed, 200)),
+                   dtype=torch.float64, shape=(1, 8, 8)).to(device)
+    tol = plan["oracle_rtol"]
+    rows = []
+    to_bpd = 1.0 / (D * math.log(2.0))
+    for name, sde in sdes.items():
+        _sync(device)
+        t0 = time.perf_counter()
+        res = log_likelihood(mix.score_fn(sde), sde, x, trace="exact", eps=EPS, rtol=tol, atol=tol)
+        _sync(device)
+        wall = time.perf_counter() - t0
+        z = res.z.detach().double().cpu()
+        xc = x.cpu()
+        mismatch = res.prior_logp - mix.marginal_log_prob(z, sde.T, sde)
+        truth = mix.marginal_log_prob(xc, res.eps, sde)
+        computed = res.logp - mismatch
+        err = ((computed - truth) * to_bpd).abs()
+        budget = res.n_accepted.double() * math.sqrt(D + 1) * (tol + tol * res.delta_logp.abs()) * to_bpd
+        n_failed = int((~res.ok).sum())
+        rows.append(dict(kind="oracle", model=name, estimator="exact trace, exact score", trace="exact", n_probes=0,
+                         n=x.shape[0], repeats=1, mean=float((-computed * to_bpd).mean()),
+                         stderr=float((-computed * to_bpd).std() / math.sqrt(x.shape[0])),
+                         analytic=float((-truth * to_bpd).mean()), difference=float(err.max()),
+                         tol_bound=float(budget.min()), prior_mismatch=float((mismatch * to_bpd).abs().max()),
+                         n_failed=n_failed, nfe_mean=float(res.nfe.double().mean()), wall_s=wall, rtol=tol, atol=tol,
+                         eps=EPS, info=f"mixture_nd(D={D}, K={ORACLE_K}) samples, float64; {sde!r}"))
+        bar.update(1)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------------
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    plan = PLANS["quick" if args.quick else "full"]
+    plan = dict(plan, **{k: v for k, v in args.overrides.items() if v is not None})
+    ds = load_digits()
+    stamp = dict(device=device_name(device), torch=str(torch.__version__), date=date.today().isoformat(),
+                 command=args.command)
+    n_work = (len(args.models) * 4 if "models" in args.parts else 0) + 2 * ("baselines" in args.parts) \
+        + len(args.models) * ("oracle" in args.parts)
+    rows = []
+    sdes = {}
+    with tqdm(total=n_work, desc="nll_table", disable=not args.progress) as bar:
+        for name in args.models:
+            if "models" in args.parts:
+                model, cfg, meta = get_model(name, args, ds, plan, device)
+                bar.update(1)
+                rows += evaluate_model(name, model, cfg, meta, ds, args, plan, device, bar)
+                sdes[name] = model.sde
+            elif name in args.checkpoints:  # the oracle alone: the SDE of the named run
+                sdes[name] = build_sde(load_model(checkpoint_path(args.checkpoints[name]))[1])
+            else:
+                sdes[name] = build_sde(train_config(plan, name, args.runs_dir, args.seed, device))
+        if "baselines" in args.parts:
+            rows += baseline_rows(ds, args, plan, bar)
+        if "oracle" in args.parts:
+            rows += oracle_rows(sdes, args, plan, device, bar)
+    for r in rows:
+        r.update(stamp)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+def _f(v, spec: str = ".4f") -> str:
+    if v is None or v == "" or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if spec.endswith("f") and abs(v) >= 1e4:
+        return f"{v:.3e}"
+    return format(v, spec)
+
+
+def markdown(rows: list[dict]) -> str:
+    r0 = rows[0]
+    models = [r for r in rows if r["kind"] == "model"]
+    base = [r for r in rows if r["kind"] == "baseline"]
+    oracle = [r for r in rows if r["kind"] == "oracle"]
+    lines = [f"NLL on the digits test set — machine: {r0['device']}; torch {r0['torch']}; {r0['date']}; "
+             f"command: `{r0['command']}`", ""]
+    if models or base:
+        ref = (models or base)[0]
+        thr = ref["outlier_threshold"]
+        lines += [
+            f"Test bits/dim = -log p / (64 ln 2) + log2(17 / 2) (uniform dequantization, 17 levels on [-1, 1]; an "
+            f"upper bound on the discrete NLL); mean ± standard error over images (each image first averaged over "
+            f"its repeats of fresh dequantization noise and probes); median over images; outliers: images above "
+            f"{thr:.2f} = 2 log2(17) bits/dim. Score models: probability-flow ODE at eps = {_f(ref['eps'], 'g')}, "
+            f"per-sample dopri5, rtol = atol = {_f(ref['rtol'], 'g')}, EMA weights. NFE: mean score evaluations "
+            f"per image and evaluation (each one forward and one VJP per probe, 64 for the exact trace). The last "
+            f"column is every row on the same first {ref['subset_n']} test images as the exact trace.", "",
+            f"| model | estimator | N | repeats | bits/dim | median | outliers | NFE | wall [s] | "
+            f"bits/dim on the exact subset (N={ref['subset_n']}) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in models + base:
+            name = MODEL_LABEL.get(r["model"], r["model"]) + (" score model" if r["kind"] == "model" else "")
+            fail = f" ({r['n_failed']} failed)" if r["n_failed"] else ""
+            lines.append(f"| {name} | {r['estimator']} | {r['n']} | {r['repeats']} | {_f(r['mean'])} ± "
+                         f"{_f(r['stderr'])}{fail} | {_f(r['median'])} | {r['n_outliers']} | "
+                         f"{_f(r['nfe_mean'], '.0f')} | {_f(r['wall_s'], '.1f')} | {_f(r['subset_mean'])} ± "
+                         f"{_f(r['subset_stderr'])} |")
+        lines.append("")
+    if models:
+        lines += ["Training (same network and budget for the three SDEs):", "",
+                  "| model | steps | train [s] | last loss | configuration |", "|---|---|---|---|---|"]
+        for name in dict.fromkeys(r["model"] for r in models):
+            r = next(m for m in models if m["model"] == name)
+            lines.append(f"| {MODEL_LABEL.get(name, name)} | {r['train_steps']} | {_f(r['train_s'], '.0f')} | "
+                         f"{_f(r['train_loss'], '.4g')} | {r['info']} |")
+        lines.append("")
+    if oracle:
+        o = oracle[0]
+        lines += [f"Oracle check: {o['n']} samples of `mixture_nd(D=64, K={ORACLE_K})` (float64), exact score, exact "
+                  f"trace, dopri5 rtol = atol = {_f(o['rtol'], 'g')}, eps = {_f(o['eps'], 'g')}. Bits/dim of the "
+                  f"continuous density (-log p / (64 ln 2), no offset), mean over samples. computed: "
+                  f"`log_likelihood` minus the known prior mismatch log N(z; prior) - log p_T(z); analytic: "
+                  f"`marginal_log_prob` at eps; difference: max over samples of |computed - analytic|; "
+                  f"budget: n_accepted sqrt(D + 1) (atol + rtol |delta logp|) / (D ln 2), the smallest over samples; "
+                  f"prior mismatch: its largest size over samples (what the difference would be without the "
+                  f"correction).", "",
+                  "| SDE | computed | analytic | max abs difference | error budget | prior mismatch | NFE |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in oracle:
+            lines.append(f"| {MODEL_LABEL.get(r['model'], r['model'])} | {_f(r['mean'], '.6f')} | "
+                         f"{_f(r['analytic'], '.6f')} | {_f(r['difference'], '.1e')} | {_f(r['tol_bound'], '.1e')} | "
+                         f"{_f(r['prior_mismatch'], '.1e')} | {_f(r['nfe_mean'], '.0f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [r for r in rows if r["kind"] == "model"]
+    base = [r for r in rows if r["kind"] == "baseline"]
+    oracle = [r for r in rows if r["kind"] == "oracle"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw=dict(width_ratios=[1.4, 1.2, 0.9]))
+    names = list(dict.fromkeys(r["model"] for r in models))
+    ests = list(dict.fromkeys(r["estimator"] for r in models))
+    cmap = plt.get_cmap("tab10")
+    width = 0.8 / max(len(ests), 1)
+
+    ax = axes[0]
+    # The axis shows the bulk: medians, and means within 0.5 bits/dim of their row's median; a mean
+    # pulled up by a few outlier images is drawn as an arrow at the top with its value.
+    core = [v for r in models + base for v in (r["median"], r["mean"])
+            if v is not None and math.isfinite(v) and math.isfinite(r["median"]) and v - r["median"] < 0.5]
+    lo = min(core) - 0.25 if core else 0.0
+    hi = max(core) + 0.35 if core else 1.0
+    for j, est in enumerate(ests):
+        for i, name in enumerate(names):
+            r = next((m for m in models if m["model"] == name and m["estimator"] == est), None)
+            if r is None:
+                continue
+            xpos = i + (j - (len(ests) - 1) / 2) * width
+            lab = f"{est} (N={r['n']})" if i == 0 else None
+            if math.isfinite(r["mean"]) and r["mean"] <= hi:
+                ax.errorbar(xpos, r["mean"], yerr=r["stderr"], fmt="o", color=cmap(j), capsize=4, label=lab)
+            else:  # an exploded mean: an arrow at the top, the value written beside it
+                ax.plot(xpos, hi - 0.05, marker="^", color=cmap(j), ls="", label=lab)
+                ax.annotate(f"mean {_f(r['mean'], '.3g')} ± {_f(r['stderr'], '.2g')}", (xpos, hi - 0.05),
+                            fontsize=7, rotation=90,
+                            ha="center", va="top", xytext=(0, -8), textcoords="offset points")
+            ax.plot(xpos, r["median"], marker="_", ms=12, mew=2, color=cmap(j), ls="")
+    for k, b in enumerate(base):
+        ax.axhline(b["mean"], color="k", ls=["--", ":"][k % 2], lw=1,
+                   label=f"{b['model']}: {b['mean']:.3f} ± {b['stderr']:.3f}")
+    ax.set_xticks(range(len(names)), [MODEL_LABEL.get(n, n) for n in names])
+    ax.set_ylim(lo, hi)
+    ax.set_ylabel("test bits/dim (mean ± SE; bar: median)")
+    ax.set_title("digits test bits/dim per model and estimator")
+    ax.grid(alpha=0.3, axis="y")
+    if models or base:
+        ax.legend(fontsize=7, loc="best")
+
+    ax = axes[1]
+    for j, est in enumerate(ests):
+        for i, name in enumerate(names):
+            r = next((m for m in models if m["model"] == name and m["estimator"] == est), None)
+            if r is None:
+                continue
+            xpos = i + (j - (len(ests) - 1) / 2) * width
+            per = r["wall_s"] / (r["n"] * r["repeats"])
+            ax.bar(xpos, per, width=width * 0.9, color=cmap(j), label=est if i == 0 else None)
+            ax.annotate(f"{r['nfe_mean']:.0f}", (xpos, per), ha="center", va="bottom", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), [MODEL_LABEL.get(n, n) for n in names])
+    ax.set_ylabel("wall time per image and repeat [s] (label: NFE)")
+    ax.set_title(f"cost ({rows[0]['device']})", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    if ests:
+        ax.legend(fontsize=7)
+
+    ax = axes[2]
+    if oracle:
+        xs = range(len(oracle))
+        ax.bar([x - 0.2 for x in xs], [max(r["difference"], 1e-16) for r in oracle], width=0.4,
+               label="max |computed - analytic|")
+        ax.bar([x + 0.2 for x in xs], [r["tol_bound"] for r in oracle], width=0.4, label="error budget")
+        ax.plot(list(xs), [r["prior_mismatch"] for r in oracle], "kx", label="prior mismatch (corrected)")
+        ax.set_xticks(list(xs), [MODEL_LABEL.get(r["model"], r["model"]) for r in oracle])
+        ax.set_yscale("log")
+        ax.set_ylabel("bits/dim")
+        ax.set_title(f"oracle: 64-D mixture, exact score, rtol {oracle[0]['rtol']:g}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    else:
+        ax.axis("off")
+    fig.suptitle(f"{rows[0]['date']}, torch {rows[0]['torch']}", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_outputs(rows: list[dict], out: Path, tag: str) -> dict[str, Path]:
+    paths = {k: out / f"nll_table_{tag}.{k}" for k in ("csv", "md", "png")}
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k, "")) for k in FIELDS})
+    atomic_write(paths["csv"], buf.getvalue())
+    atomic_write(paths["md"], markdown(rows))
+    atomic_write(paths["png"], figure(rows))
+    return paths
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a CSV this study wrote, numbers parsed (``--replot``)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or set(FIELDS) - set(rows[0]):
+        raise SystemExit(f"{path} is not a CSV written by studies/nll_table.py (columns {FIELDS})")
+    for r in rows:
+        for k in FIELDS:
+            if k in STR_FIELDS:
+                continue
+            v = r[k]
+            r[k] = None if v == "" else (int(v) if k in INT_FIELDS else float(v))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def _checkpoints(text: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, path = part.partition("=")
+        if not sep or key not in MODELS or not path:
+            raise argparse.ArgumentTypeError(f"--checkpoints takes model=PATH pairs with model in "
+                                             f"{', '.join(MODELS)}, e.g. vp=runs/vp,ve=runs/ve; got {part!r}")
+        if not checkpoint_path(path).is_file():
+            raise argparse.ArgumentTypeError(f"--checkpoints {key}={path}: no checkpoint file there (a .pt file or "
+                                             f"a run folder with checkpoint_last.pt)")
+        out[key] = path
+    return out
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny models, a handful of test images (seconds)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads on the CPU (default 1: faster for these small networks on a shared "
+                        "2-core machine)")
+    p.add_argument("--checkpoints", type=_checkpoints, default={}, metavar="vp=PATH,subvp=PATH,ve=PATH",
+                   help="evaluate these runs (checkpoint files or run folders) instead of training; only the named "
+                        "models are evaluated unless --models says otherwise")
+    p.add_argument("--models", default=None, help="comma-separated subset of vp,subvp,ve (default: all, or the "
+                                                   "--checkpoints keys)")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of models,baselines,oracle")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs/nll_table"),
+                   help="where trained runs go (one folder per SDE; a run there is resumed)")
+    p.add_argument("--steps", type=int, default=None, help="override the training steps of the plan")
+    p.add_argument("--n-test", type=int, default=None, help="test images (default: all 359; 8 with --quick)")
+    p.add_argument("--n-exact", type=int, default=None, help="test images for the exact trace (default 128)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per image for the Hutchinson rows (default 3)")
+    p.add_argument("--batch-size", type=int, default=512, help="images per log_likelihood call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("docs/figures"), help="output folder")
+    p.add_argument("--tag", default=None, help="file name tag (default: cpu or cuda, with _quick for --quick)")
+    p.add_argument("--replot", type=Path, default=None, metavar="CSV",
+                   help="rewrite the table and figure from a CSV of an earlier run (no training or evaluation)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    args.command = "python studies/nll_table.py" + "".join(
+        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda asked for, but torch sees no CUDA device")
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
+    default_models = ",".join(args.checkpoints) if args.checkpoints else ",".join(MODELS)
+    args.models = [m.strip() for m in (args.models or default_models).split(",") if m.strip()]
+    if not args.models or any(m not in MODELS for m in args.models):
+        p.error(f"--models takes a comma-separated subset of {', '.join(MODELS)}")
+    args.parts = [s.strip() for s in args.parts.split(",") if s.strip()]
+    if not args.parts or any(s not in PARTS for s in args.parts):
+        p.error(f"--parts takes a comma-separated subset of {', '.join(PARTS)}")
+    for name in ("steps", "n_test", "n_exact", "repeats"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    args.overrides = dict(n_test=args.n_test, n_exact=args.n_exact, repeats=args.repeats)
+    if args.steps is not None:
+        plan = PLANS["quick" if args.quick else "full"]
+        args.overrides["train"] = dict(plan["train"], steps=args.steps,
+                                       checkpoint_every=min(plan["train"]["checkpoint_every"], args.steps))
+    args.tag = args.tag or (torch.device(args.device).type + ("_quick" if args.quick else ""))
+    return args
+
+
+def main(argv=None) -> dict[str, Path]:
+    args = parse(argv)
+    if args.replot is not None:
+        rows = read_rows(args.replot)
+    else:
+        threads = torch.get_num_threads()
+        if torch.device(args.device).type == "cpu":
+            torch.set_num_threads(args.threads)
+        try:
+            rows = run(args)
+        finally:
+            torch.set_num_threads(threads)
+    if not rows:
+        raise SystemExit("nothing to write: no rows")
+    paths = write_outputs(rows, args.out, args.tag)
+    for k, v in paths.items():
+        print(f"wrote {k}: {v}")
+    return paths
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

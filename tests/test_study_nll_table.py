@@ -1,0 +1,132 @@
+"""The NLL-table study runs end to end in its quick mode, so it never rots.
+
+What is checked: every model x estimator row and both baselines are there with a positive standard
+error; the rows are consistent with their definitions (the exact-trace row is its own subset row,
+N and repeats as asked); the oracle rows match the analytic log-density within the error budget
+derived from the solver tolerance; a run loaded with --checkpoints gives the same numbers as the
+run that trained it; and --replot rebuilds the table from the CSV alone.
+"""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+STUDY = Path(__file__).resolve().parents[1] / "studies" / "nll_table.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("nll_table", STUDY)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nll_table")
+    mod = load()
+    paths = mod.main(["--quick", "--out", str(out), "--runs-dir", str(out / "runs"), "--no-progress"])
+    return mod, out, paths, mod.read_rows(paths["csv"])
+
+
+def test_every_model_and_estimator_row_is_there_with_a_standard_error(quick_run):
+    mod, out, paths, rows = quick_run
+    plan = mod.PLANS["quick"]
+    models = [r for r in rows if r["kind"] == "model"]
+    labels = [e[0] for e in mod.estimators(plan["n_probes"])]
+    assert sorted((r["model"], r["estimator"]) for r in models) == sorted(
+        (m, e) for m in mod.MODELS for e in labels)
+    for r in models:
+        exact = r["trace"] == "exact"
+        assert r["n"] == (plan["n_exact"] if exact else plan["n_test"])
+        assert r["repeats"] == (plan["exact_repeats"] if exact else plan["repeats"])
+        assert r["n_probes"] == (0 if exact else int(r["estimator"].rsplit("x", 1)[1]))
+        assert r["n_failed"] == 0
+        assert math.isfinite(r["mean"]) and r["stderr"] > 0 and math.isfinite(r["median"])
+        assert 0 <= r["n_outliers"] <= r["n"]
+        assert r["outlier_threshold"] == pytest.approx(2 * math.log2(17))
+        assert r["nfe_mean"] > 0 and r["wall_s"] > 0
+        assert r["subset_n"] == plan["n_exact"] and r["subset_stderr"] > 0
+        assert r["train_steps"] == plan["train"]["steps"]
+        if exact:  # the exact trace runs on the subset itself
+            assert r["subset_mean"] == r["mean"] and r["subset_stderr"] == r["stderr"]
+    # One network evaluation per solver stage whatever the estimator: the three estimators of a model
+    # solve nearly the same ODE, so their NFE agree closely (not exactly: the divergence enters the
+    # step-size control through the log-density component).
+    for m in mod.MODELS:
+        nfe = [r["nfe_mean"] for r in models if r["model"] == m]
+        assert max(nfe) < 1.5 * min(nfe)
+
+
+def test_baselines_are_exact_densities_on_the_same_images(quick_run):
+    mod, out, paths, rows = quick_run
+    plan = mod.PLANS["quick"]
+    base = {r["model"]: r for r in rows if r["kind"] == "baseline"}
+    assert set(base) == {"gaussian", f"gmm (K={plan['gmm_k']})"}
+    for r in base.values():
+        assert r["n"] == plan["n_test"] and r["repeats"] == plan["baseline_repeats"]
+        assert math.isfinite(r["mean"]) and r["stderr"] > 0
+        # A Gaussian fitted to the digits beats the uniform density on the cells (log2 17 bits/dim) by
+        # far more than its standard error on a handful of images.
+        assert r["mean"] + 4 * r["stderr"] < math.log2(17)
+
+
+def test_oracle_rows_match_the_analytic_density_within_the_solver_budget(quick_run):
+    mod, out, paths, rows = quick_run
+    oracle = {r["model"]: r for r in rows if r["kind"] == "oracle"}
+    assert set(oracle) == set(mod.MODELS)
+    for name, r in oracle.items():
+        assert r["n_failed"] == 0 and r["rtol"] == mod.PLANS["quick"]["oracle_rtol"] == 1e-6
+        # The error budget n_accepted sqrt(D+1) (atol + rtol |delta logp|) / (D ln 2) is of order
+        # 1e-4 bits/dim at rtol 1e-6 for a few tens of steps; the difference must be inside it and
+        # inside 1e-3 bits/dim whatever the step count.
+        assert r["tol_bound"] < 1e-3, (name, r["tol_bound"])
+        assert r["difference"] < r["tol_bound"], (name, r["difference"], r["tol_bound"])
+        assert abs(r["mean"] - r["analytic"]) <= r["difference"] + 1e-12
+        # The prior-mismatch correction matters at this accuracy: without it the pipeline would be off
+        # by more than its error.
+        assert r["prior_mismatch"] > r["difference"]
+
+
+def test_outputs_replot_and_no_temporary_files(quick_run, tmp_path):
+    mod, out, paths, rows = quick_run
+    md = paths["md"].read_text()
+    assert md.startswith("NLL on the digits test set — machine: cpu")
+    assert "command: `python studies/nll_table.py --quick" in md
+    assert "| model | estimator | N | repeats | bits/dim | median | outliers | NFE | wall [s] |" in md
+    assert "| SDE | computed | analytic | max abs difference | error budget |" in md
+    assert md.count("score model |") == 9
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = mod.main(["--replot", str(paths["csv"]), "--out", str(tmp_path), "--tag", "x"])
+    assert again["md"].read_text() == md
+    assert again["csv"].read_text() == paths["csv"].read_text()
+    assert again["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in list(out.glob(".*")) + list(tmp_path.glob(".*")) if p.name.endswith(".tmp")]
+
+
+def test_a_checkpoint_evaluates_to_the_same_numbers_as_the_run_that_trained_it(quick_run, tmp_path):
+    mod, out, paths, rows = quick_run
+    again = mod.main(["--quick", "--checkpoints", f"ve={out / 'runs' / 've'}", "--parts", "models",
+                      "--out", str(tmp_path), "--no-progress"])
+    new = mod.read_rows(again["csv"])
+    assert {r["model"] for r in new} == {"ve"} and {r["kind"] for r in new} == {"model"}
+    old = {r["estimator"]: r for r in rows if r["kind"] == "model" and r["model"] == "ve"}
+    for r in new:
+        o = old[r["estimator"]]
+        for k in ("mean", "stderr", "median", "nfe_mean", "train_steps", "train_loss"):
+            assert r[k] == o[k], (r["estimator"], k)
+
+
+def test_bad_arguments_are_clear_errors(tmp_path, capsys):
+    mod = load()
+    for argv, msg in ((["--checkpoints", "vq=x"], "model=PATH pairs"),
+                      (["--checkpoints", f"vp={tmp_path}"], "no checkpoint file there"),
+                      (["--models", "vp,ddpm"], "--models takes"), (["--parts", "oracles"], "--parts takes"),
+                      (["--n-exact", "0"], "--n-exact must be")):
+        with pytest.raises(SystemExit):
+            mod.parse(argv)
+        assert msg in capsys.readouterr().err
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"")
+    assert mod.parse(["--checkpoints", f"ve={ckpt}"]).models == ["ve"]
