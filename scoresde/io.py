@@ -6,22 +6,21 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Callable, Union
 
 
-def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> Path:
-    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically; create parent folders.
-
-    The file gets the usual permissions (``0666`` less the umask), not ``mkstemp``'s ``0600``.
-    """
+def atomic_write_with(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> Path:
+    """Create ``path`` atomically from ``write(f)``, which writes to a binary file object: a temporary
+    file in the same folder is written, flushed and fsynced, then renamed onto ``path``, so a crash
+    or an exception leaves either the old file or the new one, never half of one; parent folders
+    are created. The file gets the usual permissions (``0666`` less the umask), not ``mkstemp``'s
+    ``0600``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -33,3 +32,10 @@ def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically (see :func:`atomic_write_with`)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return atomic_write_with(path, lambda f: f.write(data))

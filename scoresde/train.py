@@ -49,7 +49,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ from tqdm.auto import tqdm
 
 from .data import DATASETS, Dataset, load_dataset
 from .evaluate import dequantize_uniform
-from .io import atomic_write
+from .io import atomic_write, atomic_write_with
 from .losses import TIME_SAMPLERS, WEIGHTINGS, dsm_loss, importance_density, sample_importance_time
 from .nets import MLPScoreNet, UNet
 from .score import PARAMETERIZATIONS, ScoreModel
@@ -338,22 +337,8 @@ class _Objective(nn.Module):
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in ``path``'s folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through :func:`scoresde.io.atomic_write_with` (temporary file, fsync, rename)."""
+    atomic_write_with(path, lambda f: torch.save(obj, f))
 
 
 def _keep_copy(src: Path, dst: Path) -> None:
