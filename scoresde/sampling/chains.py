@@ -1,11 +1,21 @@
-"""Discrete samplers of the DDPM chain for VP models: DDPM ancestral sampling (Ho et al. 2020)
-and DDIM (Song, Meng & Ermon 2021).
+"""DDPM ancestral sampling (Ho et al. 2020) and DDIM (Song, Meng & Ermon 2021), each on **one**
+schedule per run.
 
-Both walk the DDPM grid of the SDE's ``N``-step chain: step ``i`` ends at ``t_i = (i + 1)/N``
-(:meth:`scoresde.DDPMSchedule.times`). The continuous score model gives the data prediction by
-Tweedie's formula, ``x0_hat = (x + s(t)^2 score(x, t)) / m(t)``, with ``eps_hat = -s(t) score``.
-The chain ends in a prediction of ``x_0``, so no separate denoising step is taken, and ``eps``
-does not apply: the smallest time reached is ``1/N``.
+``schedule="continuous"`` (default, any SDE): the chain is the SDE itself, sampled at the times of
+the grid, with ``m = m(t_k)`` and ``s = s(t_k)`` in both the data prediction
+``x0_hat = (x + s^2 score)/m`` and the step. Between consecutive grid times ``t' < t`` the forward
+transition is ``x_t = a x_{t'} + sqrt(v) z`` with ``a = m/m'`` and ``v = s^2 - a^2 s'^2``, and
+the posterior is ``q(x_{t'} | x_t, x_0) = N((m' v / s^2) x_0 + (a s'^2 / s^2) x_t, v s'^2 / s^2)``
+(Ho et al. 2020, eq. 6-7, on a respaced chain as Nichol & Dhariwal 2021 do). The run ends at
+``eps`` and takes the denoising step there like every other sampler. DDIM with ``eta = 0`` is then
+exactly the first-order DPM-Solver (tested).
+
+``schedule="discrete"`` (VP only): the SDE's ``N``-step DDPM chain with its own ``alpha_bar``,
+respaced to ``steps`` evenly spread indices, for a network trained on that chain: step index ``i``
+is evaluated at time ``t_i = (i + 1)/N`` and uses ``m = sqrt(alpha_bar_i)``, ``s = sqrt(1 -
+alpha_bar_i)``. The chain's last step lands on the data (``alpha_bar = 1``), so it ends in the
+data prediction: ``eps`` and ``denoise=False`` do not apply. This is the schedule of diffusers'
+``DDPMScheduler`` / ``DDIMScheduler`` (tested against them).
 """
 from __future__ import annotations
 
@@ -14,62 +24,12 @@ from typing import Optional
 
 import torch
 
-from .._utils import append_dims
-from ..sde import SDE, VPSDE
+from ..sde import VPSDE
 from . import _common as C
+from .base import Run, Sampler
 
 VARIANCES = ("posterior", "beta")
-
-
-def _check(sde: SDE, eps, denoise, name: str) -> int:
-    if not isinstance(sde, VPSDE):
-        raise ValueError(f"the {name} sampler runs the DDPM chain and needs a VPSDE, got {type(sde).__name__}; "
-                         "use sampler='pc', 'euler_maruyama' or 'ode' for other SDEs")
-    if eps is not None:
-        raise ValueError(f"{name} walks the DDPM grid t_i = (i+1)/N; its smallest time is 1/N = {1 / sde.N:g}. "
-                         "Leave eps=None (set the SDE's N instead)")
-    if denoise is False:
-        raise ValueError(f"{name} ends in a prediction of x_0 by construction; denoise=False does not apply")
-    i_max = int(math.floor(sde.T * sde.N + 1e-9)) - 1
-    if i_max < 0:
-        raise ValueError(f"T={sde.T} is shorter than one DDPM step 1/N={1 / sde.N:g}")
-    return i_max
-
-
-def _x0_and_eps(score, sde, x, t: float):
-    tv = C.time_vec(t, x)
-    m, s = sde._coeffs(tv)
-    sc = score(x, tv)
-    s_, m_ = append_dims(s, x.ndim), append_dims(m, x.ndim)
-    return (x + s_ * s_ * sc) / m_, -s_ * sc
-
-
-def ddpm_sampler(score_fn, sde: VPSDE, shape, *, eps: Optional[float] = None, generator=None, device=None,
-                 dtype=None, x_T=None, denoise: Optional[bool] = None, callback: C.Callback = None,
-                 progress: bool = False, variance: str = "posterior") -> C.SampleResult:
-    """DDPM ancestral sampling: ``x_i ~ q(x_i | x_{i+1}, x0_hat)`` for ``i`` from the last step whose
-    time is ``<= T`` down to 0, the posterior of Ho et al. (2020, eq. 6-7) with ``x_0`` replaced by
-    the model's prediction. ``variance="posterior"`` uses ``beta_tilde_i`` (their "fixed small"),
-    ``"beta"`` uses ``beta_i`` ("fixed large"). No noise is added at the last step. NFE = number of steps.
-    """
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
-    i_max = _check(sde, eps, denoise, "ddpm")
-    sched = sde.ddpm_schedule()
-    coef1, coef2 = sched.posterior_mean_coef1.tolist(), sched.posterior_mean_coef2.tolist()
-    var = (sched.posterior_variance if variance == "posterior" else sched.betas).tolist()
-    st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
-    score = C.CheckedScore(score_fn)
-    x = st.x
-    with torch.no_grad(), C.progress_bar(i_max + 1, progress, "ddpm") as bar:
-        for i in range(i_max, -1, -1):
-            x0, _ = _x0_and_eps(score, sde, x, (i + 1) / sde.N)
-            x_mean = coef1[i] * x0 + coef2[i] * x
-            x = x_mean + math.sqrt(var[i]) * st.noise(x) if i > 0 else x_mean
-            C.emit(callback, step=i_max - i, t=i / sde.N, x=x, x_mean=x_mean)
-            bar.update(1)
-    info = dict(variance=variance, steps=i_max + 1)
-    return C.finish("ddpm", x, i_max + 1, score.calls, 1.0 / sde.N, info)
+SCHEDULES = ("continuous", "discrete")
 
 
 def ddim_timesteps(i_max: int, steps: int) -> list[int]:
@@ -81,40 +41,121 @@ def ddim_timesteps(i_max: int, steps: int) -> list[int]:
     return sorted(set(idx), reverse=True)
 
 
-def ddim_sampler(score_fn, sde: VPSDE, shape, *, eps: Optional[float] = None, generator=None, device=None,
-                 dtype=None, x_T=None, denoise: Optional[bool] = None, callback: C.Callback = None,
-                 progress: bool = False, steps: int = 50, eta: float = 0.0) -> C.SampleResult:
-    """DDIM (Song, Meng & Ermon 2021, eq. 12 and 16) on a sub-sequence of ``steps`` DDPM steps.
+class _Chain(Sampler):
+    """Shared by DDPM and DDIM: the schedule choice and the discrete chain's grid."""
 
-    From time ``t`` to the next ``t'`` (with ``m = m(t)``, ``s = s(t)``, ``s^2 = 1 - m^2``):
-    ``x' = m' x0_hat + sqrt(s'^2 - sigma^2) eps_hat + sigma z`` with
-    ``sigma = eta sqrt(s'^2 / s^2) sqrt(1 - m^2 / m'^2)``; the last step returns ``x0_hat``.
-    ``eta = 0`` is deterministic and is the first-order exponential integrator of the
-    probability-flow ODE (Lu et al. 2022, DPM-Solver-1), so it converges to the ODE solution as
-    the steps grow; ``eta = 1`` is ancestral sampling on the sub-sequence. NFE = number of steps.
-    """
-    C.check_steps(steps)
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite non-negative number, got {eta}")
-    i_max = _check(sde, eps, denoise, "ddim")
-    seq = ddim_timesteps(i_max, steps)
-    times = [(i + 1) / sde.N for i in seq]
-    coeffs = [tuple(float(v) for v in sde._coeffs(torch.tensor([t], dtype=torch.float64))) for t in times]
-    st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
-    score = C.CheckedScore(score_fn)
-    x = st.x
-    with torch.no_grad(), C.progress_bar(len(seq), progress, "ddim") as bar:
-        for k, t in enumerate(times):
-            x0, eps_hat = _x0_and_eps(score, sde, x, t)
-            if k + 1 == len(times):
-                x = x0
-            else:
-                (m, s), (m2, s2) = coeffs[k], coeffs[k + 1]
-                sigma = eta * math.sqrt(max(s2 * s2 / (s * s) * (1.0 - m * m / (m2 * m2)), 0.0))
-                x = m2 * x0 + math.sqrt(max(s2 * s2 - sigma * sigma, 0.0)) * eps_hat
-                if sigma > 0:
-                    x = x + sigma * st.noise(x)
-            C.emit(callback, step=k, t=t, x=x, x_mean=x0)
-            bar.update(1)
-    info = dict(steps=len(seq), eta=eta)
-    return C.finish("ddim", x, len(seq), score.calls, times[-1], info)
+    order = 1
+
+    def __call__(self, score_fn, sde, shape, *, schedule: str = "continuous", **kw):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if schedule == "continuous":
+            return super().__call__(score_fn, sde, shape, **kw)
+        return self._discrete(score_fn, sde, shape, **kw)
+
+    def _discrete(self, score_fn, sde, shape, *, steps=None, nfe=None, grid=None, eps=None, x_T=None,
+                  denoise=None, generator=None, device=None, dtype=None, callback=None, progress=False, **options):
+        name = self.name
+        if not isinstance(sde, VPSDE):
+            raise ValueError(f"schedule='discrete' runs the DDPM chain and needs a VPSDE, got {type(sde).__name__}; "
+                             "use the default schedule='continuous' for other SDEs")
+        if eps is not None:
+            raise ValueError(f"with schedule='discrete' {name} walks the DDPM chain t_i = (i+1)/N down to 1/N = "
+                             f"{1 / sde.N:g}; leave eps=None, or use schedule='continuous' to end at eps")
+        if denoise is False:
+            raise ValueError(f"with schedule='discrete' {name} ends in the chain's prediction of x_0; "
+                             "denoise=False does not apply (use schedule='continuous')")
+        if grid not in (None, "uniform"):
+            raise ValueError("schedule='discrete' respaces the chain evenly in its index; grid does not apply "
+                             "(use schedule='continuous' for other grids)")
+        if steps is not None and nfe is not None:
+            raise ValueError("give steps=K or nfe=N, not both")
+        self.check_options(options)
+        i_max = int(math.floor(sde.T * sde.N + 1e-9)) - 1
+        if i_max < 0:
+            raise ValueError(f"T={sde.T} is shorter than one DDPM step 1/N={1 / sde.N:g}")
+        n = nfe if nfe is not None else steps
+        n = C.check_steps(n, "nfe" if nfe is not None else "steps") if n is not None else self.discrete_default(i_max)
+        idx = ddim_timesteps(i_max, n)
+        abar = sde.ddpm_schedule().alphas_cumprod
+        m = [math.sqrt(float(abar[i])) for i in idx] + [1.0]
+        s = [math.sqrt(float(-torch.expm1(torch.log(abar[i])))) for i in idx] + [0.0]
+        times = [(i + 1) / sde.N for i in idx]
+        st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
+        r = Run(self, score_fn, sde, st, times + [0.0], 1.0 / sde.N, True, callback, progress, coeffs=(m, s),
+                nfe_budget=nfe)
+        with torch.no_grad():
+            x = r.x
+            with r.bar() as bar:
+                for k in range(len(idx)):
+                    x0, e = r.predict(x, times[k], m[k], s[k])
+                    x = x0 if k + 1 == len(idx) else self.move(r, x, x0, e, k, **options)
+                    r.emit(k, x, x0)
+                    bar.update(1)
+        info = dict(options, schedule="discrete", steps=len(idx), indices=idx, denoise=True, grid="uniform")
+        return C.finish(name, x, len(idx), r.score.calls, 1.0 / sde.N, info)
+
+    def run(self, r: Run, **options):
+        x = r.x
+        with r.bar() as bar:
+            for k in range(r.steps):
+                x0, e = r.predict_at(x, k)
+                x = self.move(r, x, x0, e, k, **options)
+                r.emit(k, x, x0)
+                bar.update(1)
+        return r.finish(x, dict(options, schedule="continuous"))
+
+
+class DDPM(_Chain):
+    """DDPM ancestral sampling: ``x' ~ q(x_{t'} | x_t, x0_hat)`` with the posterior of the chain in
+    use (module docstring). ``variance="posterior"`` (default) is ``v s'^2 / s^2`` (``beta_tilde``,
+    "fixed small"), ``"beta"`` is ``v`` (the respaced ``beta``, "fixed large"). Default steps:
+    ``sde.N`` (the full chain). NFE: one per step (+1 for the denoising step in the continuous schedule)."""
+
+    name = "ddpm"
+    stochastic = True
+    default_nfe = None
+    option_names = ("variance",)
+
+    def default_steps(self, sde):
+        return sde.N
+
+    def discrete_default(self, i_max):
+        return i_max + 1
+
+    def move(self, r, x, x0, e, k, variance: str = "posterior"):
+        if variance not in VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
+        m, s, m2, s2 = r.m[k], r.s[k], r.m[k + 1], r.s[k + 1]
+        a = m / m2
+        v = max(s * s - a * a * s2 * s2, 0.0)
+        mean = (m2 * v / (s * s)) * x0 + (a * s2 * s2 / (s * s)) * x
+        var = v * s2 * s2 / (s * s) if variance == "posterior" else v
+        return mean + math.sqrt(var) * r.noise(x) if var > 0 else mean
+
+
+class DDIM(_Chain):
+    """DDIM (Song, Meng & Ermon 2021, eq. 12 and 16): ``x' = m' x0_hat + sqrt(s'^2 - sigma^2) eps_hat
+    + sigma z`` with ``sigma^2 = eta^2 v s'^2 / s^2`` (``eta`` times the posterior std; for VP this is
+    the paper's ``eta sqrt(s'^2/s^2) sqrt(1 - m^2/m'^2)``). ``eta = 0`` (default) is deterministic and
+    is the first-order DPM-Solver; ``eta = 1`` is ancestral sampling. Default 50 steps. NFE: one
+    per step (+1 for the denoising step in the continuous schedule)."""
+
+    name = "ddim"
+    default_nfe = None
+    option_names = ("eta",)
+
+    def default_steps(self, sde):
+        return 50
+
+    def discrete_default(self, i_max):
+        return 50
+
+    def move(self, r, x, x0, e, k, eta: float = 0.0):
+        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"eta must be a finite non-negative number, got {eta}")
+        m, s, m2, s2 = r.m[k], r.s[k], r.m[k + 1], r.s[k + 1]
+        a = m / m2
+        sigma = eta * math.sqrt(max((s * s - a * a * s2 * s2) * s2 * s2 / (s * s), 0.0))
+        x = m2 * x0 + math.sqrt(max(s2 * s2 - sigma * sigma, 0.0)) * e
+        return x + sigma * r.noise(x) if sigma > 0 else x

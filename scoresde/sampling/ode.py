@@ -6,45 +6,88 @@ from typing import Optional
 
 import torch
 
-from ..sde import SDE
-from ..solvers import solve_ode
+from ..solvers import METHODS, solve_ode
 from . import _common as C
+from .base import Sampler
+
+#: score evaluations of one Dormand-Prince step (FSAL: 6 new stages) and of the start (the first
+#: evaluation and Hairer's initial-step estimate)
+_RK_STAGES = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
 
 
-def ode_sampler(score_fn, sde: SDE, shape, *, eps: Optional[float] = None, generator=None, device=None,
-                dtype=None, x_T=None, denoise: Optional[bool] = None, callback: C.Callback = None,
-                progress: bool = False, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-                steps: Optional[int] = None, max_steps: int = 10_000) -> C.SampleResult:
+class ODESampler(Sampler):
     """Probability-flow ODE sampler.
 
     ``method``: ``"dopri5"`` (default; adaptive Dormand-Prince 5(4) with a step size per sample),
-    ``"torchdiffeq_dopri5"`` (one step size for the batch), ``"scipy_rk45"`` (the original code's
-    solver: host round-trip per evaluation), or the fixed-step ``"euler"`` / ``"heun"`` (``steps``
-    required). ``rtol``/``atol`` default 1e-5 as in Song et al. (2021).
-    Randomness enters only through ``x_T``. NFE is per sample for the adaptive per-sample solver;
-    a sample the solver could not finish gets a status instead of failing the batch.
+    ``"bosh3"``, ``"torchdiffeq_dopri5"`` (one step size for the batch), ``"scipy_rk45"`` (the
+    original code's solver: host round-trip per evaluation), or the fixed-step ``"euler"``,
+    ``"heun"``, ``"midpoint"``, ``"rk4"`` (``steps`` or ``nfe`` required; uniform steps in t).
+    ``rtol``/``atol`` default 1e-5 as in Song et al. (2021).
+
+    For the adaptive methods ``nfe`` is a cap: a sample that would need more evaluations stops with
+    the max-steps status (``max_steps`` is set to the number of whole steps the budget pays for).
+    Randomness enters only through ``x_T``. NFE is per sample for the per-sample solver. The
+    callback is called once per batched evaluation with ``t`` a ``(B,)`` tensor (each sample of the
+    per-sample solver has its own time) and ``x0_hat`` None.
     """
-    eps = C.resolve_eps(sde, eps)
-    denoise = True if denoise is None else bool(denoise)
-    st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
-    score = C.CheckedScore(score_fn)
-    rsde = sde.reverse(score, probability_flow=True)
-    evals = [0]
 
-    def field(t, x):
-        drift = rsde._sde(x, t)[0]
-        if callback is not None:  # the solver reuses its stage buffers: hand out copies
-            C.emit(callback, step=evals[0], t=t.clone(), x=x.clone())
-        evals[0] += 1
-        return drift
+    name = "ode"
+    order = 5
+    nfe_per_step = 6
+    default_nfe = None
+    option_names = ("method", "rtol", "atol", "max_steps")
 
-    with torch.no_grad():
-        res = solve_ode(field, st.x, sde.T, eps, method=method, rtol=rtol, atol=atol, steps=steps,
-                        max_steps=max_steps, progress=progress)
-        x = res.y
-        if denoise:
-            x = C.tweedie_denoise(score, sde, x, eps)
-    info = dict(method=method, rtol=rtol, atol=atol, steps=steps, denoise=denoise)
-    nfe = res.nfe.cpu().long() + int(denoise)
-    return C.finish("ode", x, 0, score.calls, eps, info, status=res.status, nfe=nfe,
-                    n_accepted=res.n_accepted.cpu(), n_rejected=res.n_rejected.cpu())
+    def __call__(self, score_fn, sde, shape, *, steps=None, nfe=None, grid=None, eps=None, x_T=None, denoise=None,
+                 generator=None, device=None, dtype=None, callback=None, progress=False, method: str = "dopri5",
+                 rtol: float = 1e-5, atol: float = 1e-5, max_steps: Optional[int] = None, **options):
+        self.check_sde(sde)
+        self.check_options(options)
+        if method not in METHODS:
+            raise ValueError(f"unknown ODE method {method!r}; valid methods are: {', '.join(METHODS)}")
+        if grid not in (None, "uniform"):
+            raise ValueError("the ode sampler's fixed-step methods step uniformly in t and its adaptive ones choose "
+                             "their own steps: grid does not apply; use heun_edm, dpmpp_2m, unipc, ... for other grids")
+        if steps is not None and nfe is not None:
+            raise ValueError("give steps=K or nfe=N (a budget of score evaluations per sample), not both")
+        eps = C.resolve_eps(sde, eps)
+        denoise = True if denoise is None else bool(denoise)
+        adaptive = METHODS[method].adaptive
+        if nfe is not None:
+            n = C.check_steps(nfe, "nfe") - int(denoise)
+            if adaptive:
+                cap = (n - 2) // 6  # the first evaluation, Hairer's starting step, then 6 per step
+                if cap < 1:
+                    raise ValueError(f"nfe={nfe} does not pay for one adaptive step (8 evaluations + denoising)")
+                max_steps = cap if max_steps is None else min(max_steps, cap)
+            else:
+                steps = n // _RK_STAGES[method]
+                if steps < 1:
+                    raise ValueError(f"nfe={nfe} does not pay for one {method} step")
+        elif steps is not None:
+            C.check_steps(steps)
+        max_steps = 10_000 if max_steps is None else max_steps
+        st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
+        score = C.CheckedScore(score_fn)
+        rsde = sde.reverse(score, probability_flow=True)
+        evals = [0]
+
+        def field(t, x):
+            drift = rsde._sde(x, t)[0]
+            if callback is not None:  # the solver reuses its stage buffers: hand out copies
+                callback(dict(i=evals[0], t=t.clone(), x=x.clone(), x0_hat=None))
+            evals[0] += 1
+            return drift
+
+        with torch.no_grad():
+            res = solve_ode(field, st.x, sde.T, eps, method=method, rtol=rtol, atol=atol, steps=steps,
+                            max_steps=max_steps, progress=progress)
+            x = res.y
+            if denoise:
+                x = C.tweedie_denoise(score, sde, x, eps)
+        info = dict(method=method, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps, denoise=denoise)
+        out_nfe = res.nfe.cpu().long() + int(denoise)
+        return C.finish("ode", x, 0, score.calls, eps, info, status=res.status, nfe=out_nfe,
+                        n_accepted=res.n_accepted.cpu(), n_rejected=res.n_rejected.cpu())
+
+
+ode_sampler = ODESampler()

@@ -4,7 +4,8 @@ A predictor moves the state from ``t`` to the next, smaller time; a corrector ru
 at a fixed time with the score of ``p_t`` as its target. Predictors and correctors are small
 classes registered by name, so a study sweeps them in a loop.
 
-Time grid: ``steps + 1`` equally spaced points from ``T`` down to ``eps``, as host floats. Step
+Time grid: ``steps + 1`` host floats from ``T`` down to ``eps`` (uniform in t by default; any grid
+of :mod:`scoresde.sampling.grids`). Step
 ``k`` runs the predictor from ``t_k`` to ``t_{k+1}``. With ``order="corrector_first"`` (the
 original code's order) the corrector runs at ``t_k`` before the predictor; with
 ``"predictor_first"`` it runs at ``t_{k+1}`` after it.
@@ -20,6 +21,7 @@ import torch
 from .._utils import append_dims, batch_sum
 from ..sde import SDE, VESDE, VPSDE
 from . import _common as C
+from .base import Sampler
 
 
 # ---------------------------------------------------------------------------------------------
@@ -31,10 +33,9 @@ class Grid:
     ``x_{t_k} = a_k x_{t_{k+1}} + sqrt(v_k) z`` with ``a_k = m_k / m_{k+1}`` and
     ``v_k = s_k^2 - a_k^2 s_{k+1}^2`` (valid for every linear SDE), all host floats."""
 
-    def __init__(self, sde: SDE, eps: float, steps: int):
-        self.times = [sde.T - k * (sde.T - eps) / steps for k in range(steps + 1)]
-        m, s = sde._coeffs(torch.tensor(self.times, dtype=torch.float64))
-        self.m, self.s = m.tolist(), s.tolist()
+    def __init__(self, times: list, m: list, s: list):
+        self.times, self.m, self.s = times, m, s
+        steps = len(times) - 1
         self.a = [self.m[k] / self.m[k + 1] for k in range(steps)]
         self.v = [max(self.s[k] ** 2 - self.a[k] ** 2 * self.s[k + 1] ** 2, 0.0) for k in range(steps)]
 
@@ -116,32 +117,37 @@ PREDICTORS = {p.name: p for p in (EulerMaruyamaPredictor, ReverseDiffusionPredic
 # ---------------------------------------------------------------------------------------------
 # Correctors: update(x, t) -> (x, x_mean) at the host float time t.
 # ---------------------------------------------------------------------------------------------
+STEP_SIZE_NORMS = ("pilot", "batch", "per_sample")
+
+
 class Corrector:
     name = "base"
 
     def __init__(self, sde, score, st, snr: float, n_steps: int, step_size_norm: str):
         if not snr > 0:
             raise ValueError(f"snr must be positive, got {snr}")
-        if step_size_norm not in ("per_sample", "batch"):
-            raise ValueError(f"step_size_norm must be 'per_sample' or 'batch', got {step_size_norm!r}")
+        if step_size_norm not in STEP_SIZE_NORMS:
+            raise ValueError(f"step_size_norm must be one of {', '.join(STEP_SIZE_NORMS)}, got {step_size_norm!r}")
         self.sde, self.score, self.st = sde, score, st
         self.snr, self.n_steps, self.step_size_norm = float(snr), int(n_steps), step_size_norm
+        self.frozen = None    # pilot rule: E||score||^2 per (grid index, corrector step), host floats
+        self.record = None    # a pilot run appends its batch means of ||score||^2 here
 
     @property
     def nfe(self) -> int:
         return self.n_steps
 
-    def step_size(self, grad, noise, t_vec, alpha):
+    def step_size(self, grad, noise, t_vec, alpha, key):
         raise NotImplementedError
 
-    def update(self, x, t):
+    def update(self, x, t, k: int = 0):
         tv = C.time_vec(t, x)
         alpha = C.discrete_alpha(self.sde, tv, x)
         x_mean = x
-        for _ in range(self.n_steps):
+        for j in range(self.n_steps):
             grad = self.score(x, tv)
             noise = self.st.noise(x)
-            step = append_dims(self.step_size(grad, noise, tv, alpha), x.ndim)
+            step = append_dims(self.step_size(grad, noise, tv, alpha, (k, j)), x.ndim)
             x_mean = x + step * grad
             x = x_mean + torch.sqrt(2.0 * step) * noise
         return x, x_mean
@@ -149,16 +155,27 @@ class Corrector:
 
 class LangevinCorrector(Corrector):
     """Langevin MCMC with the step size set by a signal-to-noise ratio (Song et al. 2021, Alg. 4):
-    ``step = 2 alpha (snr ||z|| / ||score||)^2``. ``step_size_norm="per_sample"`` (default) uses
-    each sample's own norms; ``"batch"`` averages the norms over the batch as the paper's code does
-    (which couples the samples of a batch)."""
+    ``step = 2 alpha (snr ||z|| / ||score||)^2``, with the norms taken by ``step_size_norm``:
+
+    - ``"pilot"`` (default): ``step = 2 alpha snr^2 D / E||score(x_t, t)||^2``, the paper's rule with
+      ``E||z||^2 = D`` and ``E||score||^2`` estimated at every grid time from a seeded pilot run
+      (``pilot_size`` samples, the batch rule) and then frozen, so the step depends on ``t`` only:
+      a valid Langevin kernel, and a sample does not depend on its batch mates;
+    - ``"batch"``: the norms averaged over the batch, as the paper's code does (couples the batch);
+    - ``"per_sample"``: each sample's own norms. The step then depends on the state, which is not a
+      valid MCMC kernel; biased in low dimensions (docs/sampling.md)."""
 
     name = "langevin"
 
-    def step_size(self, grad, noise, t_vec, alpha):
+    def step_size(self, grad, noise, t_vec, alpha, key):
+        if self.step_size_norm == "pilot" and self.frozen is not None:
+            d = grad[0].numel()
+            return 2.0 * alpha * (self.snr * self.snr * d / self.frozen[key])
         g = batch_sum(grad * grad).sqrt()
         n = batch_sum(noise * noise).sqrt()
-        if self.step_size_norm == "batch":
+        if self.record is not None:
+            self.record[key] = float(batch_sum(grad * grad).double().mean())  # pilot only: a host read
+        if self.step_size_norm in ("batch", "pilot"):
             g, n = g.mean().expand_as(g), n.mean().expand_as(n)
         return 2.0 * alpha * (self.snr * n / g.clamp_min(torch.finfo(g.dtype).tiny)) ** 2
 
@@ -169,7 +186,7 @@ class AnnealedLangevinCorrector(Corrector):
 
     name = "annealed_langevin"
 
-    def step_size(self, grad, noise, t_vec, alpha):
+    def step_size(self, grad, noise, t_vec, alpha, key):
         std = self.sde._coeffs(t_vec)[1]
         return 2.0 * alpha * (self.snr * std) ** 2
 
@@ -181,7 +198,7 @@ class NoneCorrector(Corrector):
     def nfe(self):
         return 0
 
-    def update(self, x, t):
+    def update(self, x, t, k: int = 0):
         return x, x
 
 
@@ -195,59 +212,106 @@ def _lookup(table: dict, name: str, what: str):
     return table[name]
 
 
-def pc_sampler(score_fn, sde: SDE, shape, *, eps: Optional[float] = None, generator=None, device=None,
-               dtype=None, x_T=None, denoise: Optional[bool] = None, callback: C.Callback = None,
-               progress: bool = False, predictor: str = "reverse_diffusion", corrector: str = "langevin",
-               snr: float = 0.16, n_corrector_steps: int = 1, steps: Optional[int] = None,
-               order: str = "corrector_first", step_size_norm: str = "per_sample",
-               _name: str = "pc") -> C.SampleResult:
+def _pc_loop(grid: Grid, x, pred: Predictor, corr: Corrector, order: str, emit=None, bar=None):
+    times = grid.times
+    for k in range(len(times) - 1):
+        if order == "corrector_first":
+            x, _ = corr.update(x, times[k], k)
+            x, x_mean = pred.update(x, k)
+        else:
+            x, x_mean = pred.update(x, k)
+            x, x_mean = corr.update(x, times[k + 1], k + 1)
+        if emit is not None:
+            emit(k, x, None)
+        if bar is not None:
+            bar.update(1)
+    return x
+
+
+class PCSampler(Sampler):
     """Predictor-corrector sampler (Song et al. 2021, Alg. 1).
 
-    Args (beyond the shared ones): ``predictor`` in ``PREDICTORS``, ``corrector`` in
-    ``CORRECTORS``, ``snr`` (Langevin signal-to-noise ratio; 0.16 is the paper's CIFAR-10 VE value),
-    ``n_corrector_steps``, ``steps`` (predictor steps, default ``sde.N``), ``order``,
-    ``step_size_norm`` ("per_sample" or "batch").
-    NFE per sample: ``steps * (predictor nfe + n_corrector_steps)`` plus one for denoising.
+    Options: ``predictor`` in ``PREDICTORS``, ``corrector`` in ``CORRECTORS``, ``snr`` (Langevin
+    signal-to-noise ratio; 0.16 is the paper's CIFAR-10 VE value), ``n_corrector_steps``, ``order``
+    (``"corrector_first"``, the original code's, or ``"predictor_first"``), ``step_size_norm``
+    (``"pilot"``, default; ``"batch"``; ``"per_sample"``: see :class:`LangevinCorrector`),
+    ``pilot_size`` (128) and ``pilot_seed`` (0) of the pilot run. Default steps: ``sde.N``.
+    NFE per sample: ``steps * (predictor nfe + n_corrector_steps)`` plus one for denoising; the pilot
+    run's batched calls are counted in ``total_nfe`` and ``info["pilot_total_nfe"]``.
     """
-    P = _lookup(PREDICTORS, predictor, "predictor")
-    K = _lookup(CORRECTORS, corrector, "corrector")
-    if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
-    eps = C.resolve_eps(sde, eps)
-    steps = C.check_steps(sde.N if steps is None else steps)
-    C.check_steps(n_corrector_steps, "n_corrector_steps")
-    denoise = True if denoise is None else bool(denoise)
-    st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
-    score = C.CheckedScore(score_fn)
-    grid = Grid(sde, eps, steps)
-    pred = P(sde, score, st, grid)
-    corr = K(sde, score, st, snr, n_corrector_steps, step_size_norm)
-    times = grid.times
-    x = st.x
-    with torch.no_grad(), C.progress_bar(steps, progress, _name) as bar:
-        for k in range(steps):
-            t, t_next = times[k], times[k + 1]
-            if order == "corrector_first":
-                x, _ = corr.update(x, t)
-                x, x_mean = pred.update(x, k)
-            else:
-                x, x_mean = pred.update(x, k)
-                x, x_mean = corr.update(x, t_next)
-            C.emit(callback, step=k, t=t_next, x=x, x_mean=x_mean)
-            bar.update(1)
-        x = C.tweedie_denoise(score, sde, x, eps) if denoise else x
-    info = dict(predictor=predictor, corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps,
-                steps=steps, order=order, step_size_norm=step_size_norm, denoise=denoise)
-    nfe = steps * (pred.nfe + corr.nfe) + int(denoise)
-    return C.finish(_name, x, nfe, score.calls, eps, info)
+
+    name = "pc"
+    order = 1
+    nfe_per_step = 2
+    stochastic = True
+    default_nfe = None
+    option_names = ("predictor", "corrector", "snr", "n_corrector_steps", "order", "step_size_norm",
+                    "pilot_size", "pilot_seed")
+
+    def default_steps(self, sde):
+        return sde.N
+
+    def cost(self, steps, denoise, predictor="reverse_diffusion", corrector="langevin", n_corrector_steps=1, **_):
+        per = _lookup(PREDICTORS, predictor, "predictor").nfe
+        per += 0 if corrector == "none" else C.check_steps(n_corrector_steps, "n_corrector_steps")
+        return steps * per + int(denoise)
+
+    def run(self, r, predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
+            n_corrector_steps: int = 1, order: str = "corrector_first", step_size_norm: str = "pilot",
+            pilot_size: int = 128, pilot_seed: int = 0):
+        P = _lookup(PREDICTORS, predictor, "predictor")
+        K = _lookup(CORRECTORS, corrector, "corrector")
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
+        C.check_steps(n_corrector_steps, "n_corrector_steps")
+        C.check_steps(pilot_size, "pilot_size")
+        grid = Grid(r.times, r.m, r.s)
+        pred = P(r.sde, r.score, r.st, grid)
+        corr = K(r.sde, r.score, r.st, snr, n_corrector_steps, step_size_norm)
+        pilot_calls = 0
+        if isinstance(corr, LangevinCorrector) and step_size_norm == "pilot":
+            # A seeded pilot run with the batch rule records E||score||^2 at every corrector call;
+            # the main run then uses a step size that depends on t only.
+            x = r.x
+            g = torch.Generator(device=x.device).manual_seed(int(pilot_seed))
+            pst = C.Setup(r.sde.prior_sampling((pilot_size, *x.shape[1:]), generator=g, device=x.device,
+                                               dtype=x.dtype), g)
+            before = r.score.calls
+            pcorr = K(r.sde, r.score, pst, snr, n_corrector_steps, "batch")
+            pcorr.record = {}
+            _pc_loop(grid, pst.x, P(r.sde, r.score, pst, grid), pcorr, order)
+            corr.frozen = pcorr.record
+            pilot_calls = r.score.calls - before
+        with r.bar() as bar:
+            x = _pc_loop(grid, r.x, pred, corr, order, r.emit if r.callback is not None else None, bar)
+        info = dict(predictor=predictor, corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps,
+                    order=order, step_size_norm=step_size_norm)
+        if pilot_calls:
+            info.update(pilot_size=pilot_size, pilot_seed=pilot_seed, pilot_total_nfe=pilot_calls)
+        nfe = r.steps * (pred.nfe + corr.nfe) + int(r.denoise)
+        return r.finish(x, info, nfe=nfe)
 
 
-def euler_maruyama_sampler(score_fn, sde: SDE, shape, *, eps: Optional[float] = None, generator=None,
-                           device=None, dtype=None, x_T=None, denoise: Optional[bool] = None,
-                           callback: C.Callback = None, progress: bool = False,
-                           steps: Optional[int] = None) -> C.SampleResult:
-    """Euler-Maruyama on the reverse-time SDE from ``T`` to ``eps`` in ``steps`` equal steps
-    (default ``sde.N``); strong order 1/2, weak order 1 (Kloeden & Platen 1992)."""
-    return pc_sampler(score_fn, sde, shape, eps=eps, generator=generator, device=device, dtype=dtype, x_T=x_T,
-                      denoise=denoise, callback=callback, progress=progress, predictor="euler_maruyama",
-                      corrector="none", steps=steps, _name="euler_maruyama")
+class EulerMaruyamaSampler(Sampler):
+    """Euler-Maruyama on the reverse-time SDE from ``T`` to ``eps`` on the grid (default ``sde.N``
+    uniform steps); strong order 1/2, weak order 1 (Kloeden & Platen 1992)."""
+
+    name = "euler_maruyama"
+    order = 1
+    stochastic = True
+    default_nfe = None
+
+    def default_steps(self, sde):
+        return sde.N
+
+    def run(self, r):
+        grid = Grid(r.times, r.m, r.s)
+        pred = EulerMaruyamaPredictor(r.sde, r.score, r.st, grid)
+        with r.bar() as bar:
+            x = _pc_loop(grid, r.x, pred, NoneCorrector(r.sde, r.score, r.st, 1.0, 1, "batch"), "predictor_first",
+                         r.emit if r.callback is not None else None, bar)
+        return r.finish(x, {}, nfe=r.steps + int(r.denoise))
+
+
+pc_sampler = PCSampler()
+euler_maruyama_sampler = EulerMaruyamaSampler()
