@@ -9,7 +9,7 @@ from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .losses import dsm_loss, importance_density, loss_weight, sample_importance_time
 from .metrics import MomentErrors, calibrate_threshold, energy_distance, mmd, moment_errors, null_distribution
 from .nets import GaussianFourierEmbedding, MLPScoreNet, SinusoidalEmbedding, UNet
-from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SampleResult, sample
+from .sampling import CORRECTORS, GRIDS, PREDICTORS, SAMPLERS, Sampler, SampleResult, sample, time_grid
 from .score import PARAMETERIZATIONS, ScoreModel
 from .sde import SDE, BetaSchedule, CosineBeta, LinearBeta, ReverseSDE, SubVPSDE, VESDE, VPSDE
 from .solvers import METHODS, ButcherTableau, ODEResult, SolverStatus, StepSizeController, available_methods, solve_ode
@@ -35,7 +35,7 @@ __all__ = [
     "GaussianMixture", "mixture_2d", "mixture_nd", "two_moons", "eight_gaussians", "eight_gaussians_mixture",
     "checkerboard", "swiss_roll",
     # sampling
-    "sample", "SampleResult", "SAMPLERS", "PREDICTORS", "CORRECTORS",
+    "sample", "SampleResult", "SAMPLERS", "Sampler", "GRIDS", "time_grid", "PREDICTORS", "CORRECTORS",
     # likelihood
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "evaluate_bpd", "BPDResult",
     # ODE solvers

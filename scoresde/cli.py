@@ -19,15 +19,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
-_SAMPLERS = ("euler_maruyama", "pc", "ode", "ddpm", "ddim")
-#: Which sampler options each sampler takes (the others are refused with a message).
-_SAMPLER_OPTIONS = {
-    "euler_maruyama": ("steps",),
-    "pc": ("steps", "predictor", "corrector", "snr", "n_corrector_steps"),
-    "ode": ("method", "rtol", "atol", "steps"),
-    "ddpm": ("variance",),
-    "ddim": ("steps", "eta"),
-}
+#: Sampler options the command line exposes (each sampler takes the ones in its ``option_names``;
+#: the others are refused with a message). ``steps``, ``nfe`` and ``grid`` apply to every sampler.
+_SAMPLER_FLAGS = ("predictor", "corrector", "snr", "n_corrector_steps", "method", "rtol", "atol", "eta",
+                  "variance", "order", "S_churn", "schedule")
+_SHARED_FLAGS = ("steps", "nfe", "grid")
 
 
 class _UsageError(Exception):
@@ -91,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .likelihood import TRACES
     from .losses import TIME_SAMPLERS, WEIGHTINGS
-    from .sampling import CORRECTORS, PREDICTORS
+    from .sampling import CORRECTORS, GRIDS, PREDICTORS, SAMPLERS
     from .score import PARAMETERIZATIONS
     from .solvers import METHODS
     from .train import NET_KINDS, SDE_KINDS
@@ -156,10 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "model. Writes samples_<sampler>.pt (tensor and metadata) and samples_<sampler>.png "
                        "(an image grid, or a scatter plot for vector data) into --out.")
     s.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (or run folder)")
-    s.add_argument("--sampler", choices=_SAMPLERS, default="pc", help="sampler (default pc)")
+    s.add_argument("--sampler", choices=tuple(SAMPLERS), default="pc", help="sampler (default pc)")
     s.add_argument("--n", type=_positive_int, default=64, help="number of samples (64)")
     s.add_argument("--out", type=Path, help="output folder (default: <run folder>/samples)")
-    s.add_argument("--steps", type=_positive_int, help="sampler steps (default: the SDE's N; ddim 50)")
+    s.add_argument("--steps", type=_positive_int, help="sampler steps (default: the SDE's N for euler_maruyama, "
+                   "pc, ddpm; ddim 50; the fast solvers 20 evaluations)")
+    s.add_argument("--nfe", type=_positive_int, help="budget of score evaluations per sample (instead of --steps)")
+    s.add_argument("--grid", choices=GRIDS, help="time grid (default: the sampler's own)")
+    s.add_argument("--order", type=_positive_int, help="solver order of dpm_solver_2/3 and unipc")
+    s.add_argument("--S-churn", dest="S_churn", type=_nonneg_float, help="heun_edm churn (0: deterministic)")
+    s.add_argument("--schedule", choices=("continuous", "discrete"), help="ddpm/ddim schedule (continuous)")
     s.add_argument("--predictor", choices=sorted(PREDICTORS), help="pc predictor (reverse_diffusion)")
     s.add_argument("--corrector", choices=sorted(CORRECTORS), help="pc corrector (langevin)")
     s.add_argument("--snr", type=_positive_float, help="pc Langevin signal-to-noise ratio (0.16)")
@@ -343,10 +345,14 @@ def _plt():
 
 
 def _sampler_options(args) -> Dict[str, Any]:
-    given = {k: getattr(args, k) for k in ("steps", "predictor", "corrector", "snr", "n_corrector_steps",
-                                           "method", "rtol", "atol", "eta", "variance")
-             if getattr(args, k) is not None}
-    allowed = _SAMPLER_OPTIONS[args.sampler]
+    from .sampling import SAMPLERS
+
+    given = {k: getattr(args, k) for k in _SHARED_FLAGS + _SAMPLER_FLAGS if getattr(args, k, None) is not None}
+    if "steps" in given and "nfe" in given:
+        raise _UsageError("give --steps or --nfe, not both")
+    sampler = SAMPLERS[args.sampler]
+    allowed = _SHARED_FLAGS + tuple(k for k in _SAMPLER_FLAGS if k in sampler.option_names or
+                                    (k == "schedule" and args.sampler in ("ddpm", "ddim")))
     bad = [k for k in given if k not in allowed]
     if bad:
         flags = ", ".join("--" + k.replace("_", "-") for k in bad)
@@ -418,9 +424,9 @@ def _cmd_sample(args) -> int:
     options = _sampler_options(args)
     path, model, cfg, ckpt = _load_model(args.checkpoint, args.use_ema, device)
     sde = model.sde
-    if args.sampler in ("ddpm", "ddim") and not isinstance(sde, VPSDE):
-        raise _UsageError(f"--sampler {args.sampler} samples the DDPM chain and needs a VP model; this checkpoint "
-                          f"has sde={cfg.sde!r}: use euler_maruyama, pc or ode")
+    if options.get("schedule") == "discrete" and not isinstance(sde, VPSDE):
+        raise _UsageError(f"--schedule discrete samples the DDPM chain and needs a VP model; this checkpoint "
+                          f"has sde={cfg.sde!r}: use the default continuous schedule")
     if args.eps is not None and not args.eps < sde.T:
         raise _UsageError(f"--eps {args.eps} must be below T={sde.T}")
     shape = tuple(ckpt["data_shape"])

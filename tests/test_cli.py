@@ -105,7 +105,9 @@ def test_train_writes_a_run_and_resumes(toy_run, capsys):
 
 @pytest.mark.parametrize("sampler, extra", [("euler_maruyama", ["--steps", "20"]),
                                             ("pc", ["--steps", "10", "--snr", "0.1"]),
-                                            ("ode", ["--rtol", "1e-3", "--atol", "1e-3"])])
+                                            ("ode", ["--rtol", "1e-3", "--atol", "1e-3"]),
+                                            ("unipc", ["--nfe", "10", "--order", "3"]),
+                                            ("heun_edm", ["--nfe", "12", "--S-churn", "5", "--grid", "karras"])])
 def test_sample_writes_tensor_and_scatter(toy_run, tmp_path, capsys, sampler, extra):
     code, out, err = _run(["sample", "--checkpoint", str(toy_run / "checkpoint_last.pt"), "--sampler", sampler,
                            "--n", "32", "--out", str(tmp_path), "--no-progress"] + extra, capsys)
@@ -117,6 +119,8 @@ def test_sample_writes_tensor_and_scatter(toy_run, tmp_path, capsys, sampler, ex
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     if sampler == "euler_maruyama":  # 20 steps + the denoising step
         assert (saved["nfe"] == 21).all()
+    if sampler in ("unipc", "heun_edm"):  # the budget is used exactly
+        assert (saved["nfe"] == int(extra[1])).all()
 
 
 def test_sample_from_a_run_folder_with_raw_weights(toy_run, tmp_path, capsys):
@@ -124,18 +128,29 @@ def test_sample_from_a_run_folder_with_raw_weights(toy_run, tmp_path, capsys):
                            "--out", str(tmp_path), "--no-ema", "--no-progress"], capsys)
     assert code == 0, err
     saved = torch.load(tmp_path / "samples_ddim.pt", weights_only=False)
-    assert saved["use_ema"] is False and (saved["nfe"] == 5).all()
+    assert saved["use_ema"] is False and (saved["nfe"] == 5 + 1).all()  # 5 steps + the denoising step
 
 
-def test_sample_refuses_the_ddpm_chain_for_a_ve_model(tmp_path, capsys):
+def test_sample_refuses_the_discrete_ddpm_chain_for_a_ve_model(tmp_path, capsys):
     from scoresde.data import load_toy
     from scoresde.train import TrainConfig, train
 
     cfg = TrainConfig(dataset="two_moons", sde="ve", steps=2, batch_size=8, hidden=8, depth=1, emb_dim=4,
                       out_dir=str(tmp_path / "ve"), device="cpu")
     train(cfg, dataset=load_toy("two_moons", n_train=64, n_test=8), progress=False)
-    code, out, err = _run(["sample", "--checkpoint", str(tmp_path / "ve"), "--sampler", "ddpm", "--n", "4"], capsys)
+    code, out, err = _run(["sample", "--checkpoint", str(tmp_path / "ve"), "--sampler", "ddpm", "--n", "4",
+                           "--schedule", "discrete"], capsys)
     assert code == 2 and "needs a VP model" in err
+    # the continuous schedule runs DDPM on the VE model's own (m, s)
+    code, out, err = _run(["sample", "--checkpoint", str(tmp_path / "ve"), "--sampler", "ddpm", "--n", "4",
+                           "--steps", "5", "--out", str(tmp_path / "s"), "--no-progress"], capsys)
+    assert code == 0, err
+    # a flag the sampler does not take, and steps with nfe, are usage errors
+    code, out, err = _run(["sample", "--checkpoint", str(tmp_path / "ve"), "--sampler", "unipc", "--eta", "1"], capsys)
+    assert code == 2 and "--eta do(es) not apply to --sampler unipc" in err
+    code, out, err = _run(["sample", "--checkpoint", str(tmp_path / "ve"), "--sampler", "unipc", "--steps", "3",
+                           "--nfe", "4"], capsys)
+    assert code == 2 and "not both" in err
 
 
 def test_nll_round_trip_continuous(toy_run, tmp_path, capsys):

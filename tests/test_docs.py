@@ -33,7 +33,10 @@ REGENERATE = "python tests/test_docs.py"
 # Public names that are data rather than code. They have no docstring of their own, so this one
 # line describes them in docs/api.md. A public constant missing here fails test_public_docstrings.
 CONSTANTS = {
-    "SAMPLERS": "The samplers accepted by `sample(..., sampler=NAME)`, as a dict from name to sampler function.",
+    "SAMPLERS": "The samplers accepted by `sample(..., sampler=NAME)`, as a dict from name to `Sampler` instance "
+                "(each with its `order`, `nfe_per_step`, `stochastic` and `default_grid`).",
+    "GRIDS": "The named time grids accepted by every fixed-step sampler (`grid=NAME`): uniform, logsnr, karras, "
+             "quadratic.",
     "PREDICTORS": "The predictors of the `\"pc\"` sampler (`predictor=NAME`), as a dict from name to class.",
     "CORRECTORS": "The correctors of the `\"pc\"` sampler (`corrector=NAME`), as a dict from name to class.",
     "METHODS": "The ODE methods accepted by `solve_ode(..., method=NAME)`, as a dict from name to solver class; "

@@ -52,6 +52,14 @@ CASES = [
     ("vp", "ddpm", dict(variance="beta")),
     ("vp", "ddim", dict(steps=100)),
     ("vp", "ddim", dict(steps=500, eta=1.0)),
+    # DDPM / DDIM on the continuous schedule of any SDE, and on the VP chain's own schedule.
+    ("ve", "ddpm", dict(steps=500)),
+    ("subvp", "ddim", dict(steps=100)),
+    ("vp", "ddpm", dict(schedule="discrete")),
+    ("vp", "ddim", dict(steps=100, schedule="discrete")),
+    # The default Langevin step size (pilot rule) in low dimension, where the per-sample rule fails.
+    ("vp", "pc", dict(steps=500)),
+    ("ve", "pc", dict(steps=500)),
 ]
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -217,12 +225,19 @@ def test_any_rank_and_nfe_accounting(shape):
         calls.append(x.shape[0])
         return mix.score_fn(sde)(x, t)
 
-    expected = {"euler_maruyama": 25 + 1, "pc": 25 * 2 + 1, "ddpm": 25, "ddim": 25}
-    for name, nfe in expected.items():
+    # Default steps: sde.N for EM, PC and DDPM, 50 for DDIM; +1 for the denoising step.
+    expected = {"euler_maruyama": (25 + 1, {}), "pc": (25 * 2 + 1, dict(step_size_norm="batch")),
+                "ddpm": (25 + 1, {}), "ddim": (50 + 1, {}), ("ddpm", "discrete"): (25, dict(schedule="discrete"))}
+    for name, (nfe, opts) in expected.items():
         calls.clear()
-        res = sample(score, sde, shape, sampler=name, generator=gen(0))
+        res = sample(score, sde, shape, sampler=name if isinstance(name, str) else name[0], generator=gen(0), **opts)
         assert res.x.shape == shape
         assert int(res.nfe[0]) == nfe == len(calls) == res.total_nfe
+    # The pilot run of the default Langevin step size is counted in total_nfe, not in the per-sample NFE.
+    calls.clear()
+    res = sample(score, sde, shape, sampler="pc", generator=gen(0))
+    assert int(res.nfe[0]) == 51 and res.info["pilot_total_nfe"] == 25 * 2
+    assert len(calls) == res.total_nfe == 51 + 50 and calls.count(res.info["pilot_size"]) == 50
     calls.clear()
     res = sample(score, sde, shape, sampler="ode", generator=gen(0), method="heun", steps=7)
     assert int(res.nfe[0]) == 15 == len(calls)
@@ -273,7 +288,7 @@ def test_cuda_samples_on_the_device(sampler, opts):
 # ---------------------------------------------------------------------------------------------
 def test_unknown_names_list_the_valid_ones():
     mix, sde = mixture_2d(), VPSDE(N=30)
-    with pytest.raises(ValueError, match="valid: euler_maruyama, pc, ode, ddpm, ddim"):
+    with pytest.raises(ValueError, match="valid: euler_maruyama, pc, ode, ddpm, ddim, dpm_solver_2"):
         sample(mix.score_fn(sde), sde, (4, 2), sampler="heun_sde")
     with pytest.raises(ValueError, match="unknown predictor 'foo'.*ancestral"):
         sample(mix.score_fn(sde), sde, (4, 2), sampler="pc", predictor="foo")
@@ -283,7 +298,8 @@ def test_unknown_names_list_the_valid_ones():
         sample(mix.score_fn(sde), sde, (4, 2), sampler="ode", method="rk99")
     assert set(PREDICTORS) == {"euler_maruyama", "reverse_diffusion", "ancestral", "none"}
     assert set(CORRECTORS) == {"langevin", "annealed_langevin", "none"}
-    assert set(SAMPLERS) == {"euler_maruyama", "pc", "ode", "ddpm", "ddim"}
+    assert set(SAMPLERS) == {"euler_maruyama", "pc", "ode", "ddpm", "ddim", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m",
+                             "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun_edm"}
 
 
 def test_score_output_mismatch_is_a_clear_error():
@@ -307,10 +323,56 @@ def test_sampler_sde_mismatches_are_errors():
     with pytest.raises(ValueError, match="VPSDE or VESDE"):
         sample(lambda x, t: -x, SubVPSDE(N=30), (4, 2), sampler="pc", predictor="ancestral")
     with pytest.raises(ValueError, match="needs a VPSDE"):
-        sample(lambda x, t: -x, VESDE(N=10), (4, 2), sampler="ddim")
+        sample(lambda x, t: -x, VESDE(N=10), (4, 2), sampler="ddim", schedule="discrete")
     with pytest.raises(ValueError, match="eps=None"):
-        sample(lambda x, t: -x, VPSDE(N=30), (4, 2), sampler="ddpm", eps=1e-3)
+        sample(lambda x, t: -x, VPSDE(N=30), (4, 2), sampler="ddpm", eps=1e-3, schedule="discrete")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        sample(lambda x, t: -x, VPSDE(N=30), (4, 2), sampler="ddim", schedule="chain")
     with pytest.raises(ValueError, match="x_T must be a tensor of shape"):
         sample(lambda x, t: -x, VPSDE(N=30), (4, 2), x_T=torch.zeros(3, 2))
     with pytest.raises(ValueError, match="non-finite"):
         sample(lambda x, t: -x, VPSDE(N=30), (2, 2), x_T=torch.tensor([[0.0, float("nan")], [0.0, 0.0]]))
+
+
+def test_readme_example_samples_the_mixture(oracles):
+    """The README's example (``sampler="pc"`` with its defaults on ``mixture_2d()``) passes the
+    two-sample test; with the per-sample Langevin rule (the old default) it does not: that rule
+    makes the step depend on the state, which is not a valid MCMC kernel (docs/sampling.md)."""
+    mix, threshold = oracles["2d"]
+    sde = VPSDE()
+    truth = mix.sample(N_SAMPLES, generator=gen(8), dtype=torch.float32)
+    res = sample(mix.score_fn(sde), sde, (N_SAMPLES, 2), sampler="pc", generator=gen(0))
+    assert bool(res.ok.all()) and res.info["step_size_norm"] == "pilot"
+    assert energy_distance(res.x, truth) <= threshold
+    var_se = math.sqrt(2.0 / N_SAMPLES) * mix.covariance().diagonal()
+    assert bool(((res.x.double().var(0) - mix.covariance().diagonal()).abs() < 4 * var_se).all())
+    biased = sample(mix.score_fn(sde), sde, (N_SAMPLES, 2), sampler="pc", generator=gen(0),
+                    step_size_norm="per_sample")
+    assert energy_distance(biased.x, truth) > threshold
+
+
+def test_pilot_step_size_depends_on_t_only():
+    """The pilot rule's Langevin step is frozen before the run: the same pilot gives the same steps
+    whatever the batch, so a sample's update does not use its batch mates' norms."""
+    mix, sde = mixture_2d(), VESDE(N=40)
+    steps_seen = {}
+    from scoresde.sampling import pc as pc_module
+
+    orig = pc_module.LangevinCorrector.step_size
+
+    def spy(self, grad, noise, t_vec, alpha, key):
+        h = orig(self, grad, noise, t_vec, alpha, key)
+        if self.frozen is not None:
+            steps_seen.setdefault(grad.shape[0], []).append(h.double())
+        return h
+
+    pc_module.LangevinCorrector.step_size = spy
+    try:
+        for n in (8, 64):
+            sample(mix.score_fn(sde), sde, (n, 2), sampler="pc", generator=gen(n), steps=40)
+    finally:
+        pc_module.LangevinCorrector.step_size = orig
+    a, b = steps_seen[8], steps_seen[64]
+    assert len(a) == len(b) == 40
+    for ha, hb in zip(a, b):
+        assert float(ha.std()) == 0.0 and torch.allclose(ha[0], hb[0], rtol=1e-12, atol=0)
