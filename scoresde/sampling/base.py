@@ -92,6 +92,8 @@ class Run:
         if self.denoise and not denoised:
             x = C.tweedie_denoise(self.score, self.sde, x, self.eps)
         info = dict(info, steps=self.steps, denoise=self.denoise, grid=self.grid_name)
+        if getattr(self, "rho", None) is not None:
+            info["rho"] = self.rho
         per_sample = self.score.calls if nfe is None else nfe
         return C.finish(self.sampler.name, x, per_sample, self.score.calls, self.eps, info, **extra)
 
@@ -118,6 +120,10 @@ class Sampler:
 
     def steps_for_nfe(self, nfe: int, denoise: bool, **options) -> int:
         """The most steps whose cost is at most ``nfe``."""
+        per_step = self.cost(2, denoise, **options) - self.cost(1, denoise, **options)
+        if per_step <= 0:
+            raise ValueError(f"this {self.name} configuration evaluates the score 0 times per step, so an nfe budget "
+                             "does not fix its steps; pass steps=K instead")
         steps = 0
         while self.cost(steps + 1, denoise, **options) <= nfe:
             steps += 1
@@ -144,16 +150,24 @@ class Sampler:
                  generator: Optional[torch.Generator] = None, device=None, dtype: Optional[torch.dtype] = None,
                  callback: C.Callback = None, progress: bool = False, **options) -> SampleResult:
         self.check_sde(sde)
+        rho = options.pop("rho", None)
         self.check_options(options)
         denoise = True if denoise is None else bool(denoise)
         steps = self.resolve_steps(sde, steps, nfe, grid, denoise, options)
         if eps is not None:
             eps = C.resolve_eps(sde, eps)
+        if rho is not None and (grid if grid is not None else self.default_grid) != "karras":
+            raise TypeError(f"rho={rho} sets the spacing of grid='karras' only; this run's grid is "
+                            f"{grid if grid is not None else self.default_grid!r}")
         times, eps = G.resolve_grid(sde, grid, steps, eps, C.default_eps(sde), default=self.default_grid,
-                                    rho=options.pop("rho", 7.0))
+                                    rho=7.0 if rho is None else rho)
+        if x_T is None and times[0] < sde.T:
+            raise ValueError(f"the grid starts at t={times[0]:g} < T={sde.T:g}, where the prior is no sample of p_t: "
+                             "pass x_T (a state at the grid's first time) or start the grid at T")
         st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
         grid_name = grid if isinstance(grid, str) else (self.default_grid if grid is None else "explicit")
         r = Run(self, score_fn, sde, st, times, eps, denoise, callback, progress, grid_name=grid_name, nfe_budget=nfe)
+        r.rho = (7.0 if rho is None else rho) if grid_name == "karras" else None
         with torch.no_grad():
             return self.run(r, **options)
 
@@ -179,12 +193,12 @@ class Sampler:
     option_names: tuple = ()
 
     def check_options(self, options: dict) -> None:
-        unknown = sorted(set(options) - set(self.option_names) - {"rho"})
+        unknown = sorted(set(options) - set(self.option_names))
         if unknown:
             ok = ", ".join(self.option_names) or "none"
             raise TypeError(f"the {self.name} sampler got unknown option(s) {', '.join(unknown)}; "
-                            f"its options are: {ok} (plus the shared steps, nfe, grid, eps, x_T, denoise, "
-                            "generator, device, dtype, callback, progress)")
+                            f"its options are: {ok} (plus the shared steps, nfe, grid, rho (grid='karras'), eps, "
+                            "x_T, denoise, generator, device, dtype, callback, progress)")
 
     def __repr__(self):
         return (f"<sampler {self.name!r}: order {self.order}, {self.nfe_per_step} NFE/step, "

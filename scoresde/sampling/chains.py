@@ -115,7 +115,7 @@ class DDPM(_Chain):
     name = "ddpm"
     stochastic = True
     default_nfe = None
-    option_names = ("variance",)
+    option_names = ("variance", "schedule")
 
     def default_steps(self, sde):
         return sde.N
@@ -143,7 +143,7 @@ class DDIM(_Chain):
 
     name = "ddim"
     default_nfe = None
-    option_names = ("eta",)
+    option_names = ("eta", "schedule")
 
     def default_steps(self, sde):
         return 50
