@@ -200,7 +200,8 @@ class DPMSolverPPMultistep(Sampler):
     writes as ``(1 - e^{-h}) (1 + 1/(2r)) D_k - ...`` up to O(h^3); 3M: the two-term version).
 
     Options: ``final_euler`` (last step first order; diffusers PR 5541), ``lower_order_final``
-    (default on: below 15 steps the last steps descend in order, as Lu et al. recommend).
+    (below 15 steps the last steps descend in order, as Lu et al. recommend for trained image
+    models; default off: on the oracles it costs accuracy, docs/sampling.md).
     One evaluation per step; the first steps warm up from order 1.
     """
 
@@ -210,7 +211,7 @@ class DPMSolverPPMultistep(Sampler):
     def __init__(self, name: str, order: int):
         self.name, self.order = name, order
 
-    def run(self, r: Run, final_euler: bool = False, lower_order_final: bool = True):
+    def run(self, r: Run, final_euler: bool = False, lower_order_final: bool = False):
         orders = _orders(self.order, r.steps, lower_order_final, final_euler, 15)
         x, hist = r.x, []
         with r.bar() as bar:
@@ -294,8 +295,10 @@ class UniPC(Sampler):
     Corrector UniC-p, with the evaluation ``D~ = x0_hat(x~, t_{k+1})`` that the next step needs anyway:
     the same update with one more term ``r = 1``, ``D1 = D~ - D_k``, raising the order by one at no
     extra evaluation. The last step is not corrected (that would cost an evaluation); the next step
-    reuses ``D~``. ``lower_order_final`` (default on) lowers the order of the last steps to the number
-    of steps left, as the reference code does. One evaluation per step; ``info["orders"]``.
+    reuses ``D~``. ``lower_order_final`` lowers the order of the last steps to the number of steps
+    left, as the reference code does by default; here it is off by default: it makes the last step
+    an uncorrected first-order one, which caps the convergence order at 3 and costs accuracy on the
+    oracles (docs/sampling.md). One evaluation per step; ``info["orders"]``.
     """
 
     name = "unipc"
@@ -303,7 +306,7 @@ class UniPC(Sampler):
     default_grid = "logsnr"
     option_names = ("order", "lower_order_final")
 
-    def run(self, r: Run, order: int = 2, lower_order_final: bool = True):
+    def run(self, r: Run, order: int = 2, lower_order_final: bool = False):
         if order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         K = r.steps
