@@ -281,6 +281,37 @@ def test_recipe_runs(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# Examples: every ```python block of the README and the docs runs as written
+# ---------------------------------------------------------------------------------------------
+# docs/api.md holds signatures, not examples; the recipe has its own test above.
+EXAMPLE_PAGES = [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+                 if p.name != "api.md" and p != RECIPE_MD]
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+@pytest.mark.parametrize("page", EXAMPLE_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_examples_run_as_written(page, tmp_path):
+    """A page's examples run in order in a fresh interpreter (as a reader pastes them), in an
+    empty folder, so what they write lands there."""
+    blocks = python_blocks(page.read_text())
+    if not blocks:
+        return
+    script = "\n".join(blocks)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"{page.name}: an example fails:\n{proc.stderr[-3000:]}"
+
+
+def test_the_example_finder_sees_blocks():
+    assert python_blocks("x\n```python\na = 1\n```\n```bash\nls\n```\n") == ["a = 1\n"]
+    assert any(python_blocks(p.read_text()) for p in EXAMPLE_PAGES)
+
+
+# ---------------------------------------------------------------------------------------------
 # Links
 # ---------------------------------------------------------------------------------------------
 _LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
