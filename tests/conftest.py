@@ -36,3 +36,21 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def assert_mixture_moments(x: torch.Tensor, mix) -> None:
+    """Samples ``x`` of a Gaussian mixture ``mix`` have its per-component weights, means and
+    covariances, each within a tolerance derived from its standard error (a family of K weights per
+    call: 4.5 binomial SEs; means: 5 SEs of the component's own spread; covariance entries: 5 SEs,
+    with var of a sample variance ~ 2 var^2 / n)."""
+    import math
+
+    from scoresde.metrics import moment_errors
+
+    m = moment_errors(x, mix)
+    assert m.weight_z < 4.5, (m.weights, m.true_weights)
+    var = mix.variances.max(dim=1).values
+    se = torch.sqrt(var / m.counts.clamp_min(1).double())
+    assert bool((m.component_mean_error <= 5 * se + 0.02).all()), m.component_mean_error
+    cov_se = math.sqrt(2.0) * var / torch.sqrt(m.counts.clamp_min(2).double())
+    assert bool((m.component_cov_error <= 5 * cov_se + 0.02).all()), m.component_cov_error

@@ -20,7 +20,6 @@ data prediction: ``eps`` and ``denoise=False`` do not apply. This is the schedul
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 

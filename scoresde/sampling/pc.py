@@ -12,7 +12,6 @@ original code's order) the corrector runs at ``t_k`` before the predictor; with
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import math
 
