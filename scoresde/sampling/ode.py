@@ -10,9 +10,9 @@ from ..solvers import METHODS, solve_ode
 from . import _common as C
 from .base import Sampler
 
-#: score evaluations of one Dormand-Prince step (FSAL: 6 new stages) and of the start (the first
-#: evaluation and Hairer's initial-step estimate)
-_RK_STAGES = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
+#: Dormand-Prince's evaluations: 2 at the start (the first slope and Hairer's initial-step
+#: estimate), then 6 per attempted step (FSAL)
+_DOPRI_START, _DOPRI_PER_STEP = 2, 6
 
 
 class ODESampler(Sampler):
@@ -55,12 +55,15 @@ class ODESampler(Sampler):
         if nfe is not None:
             n = C.check_steps(nfe, "nfe") - int(denoise)
             if adaptive:
-                cap = (n - 2) // 6  # the first evaluation, Hairer's starting step, then 6 per step
+                if method not in ("dopri5",):
+                    raise ValueError(f"nfe= caps the evaluations of method='dopri5' only; for {method!r} "
+                                     "set max_steps or the tolerances")
+                cap = (n - _DOPRI_START) // _DOPRI_PER_STEP
                 if cap < 1:
                     raise ValueError(f"nfe={nfe} does not pay for one adaptive step (8 evaluations + denoising)")
                 max_steps = cap if max_steps is None else min(max_steps, cap)
             else:
-                steps = n // _RK_STAGES[method]
+                steps = n // METHODS[method].tableau.stages
                 if steps < 1:
                     raise ValueError(f"nfe={nfe} does not pay for one {method} step")
         elif steps is not None:
