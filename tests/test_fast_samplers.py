@@ -194,6 +194,49 @@ def test_one_step_local_error(sde_name, sampler, opts, local_order):
     assert abs(slope - local_order) < 0.3, f"{sampler} {opts}: local slope {slope:.3f}, expected {local_order}, {errs}"
 
 
+MULTISTEP_LOCAL_CASES = [("dpmpp_2m", {}, 3), ("dpmpp_3m", {}, 4), ("unipc", dict(order=2), 3),
+                         ("unipc", dict(order=3), 4)]
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sampler,opts,local_order", MULTISTEP_LOCAL_CASES,
+                         ids=[f"{s}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}"
+                              for s, o, _ in MULTISTEP_LOCAL_CASES])
+def test_multistep_local_error_with_an_exact_history(sde_name, sampler, opts, local_order):
+    """The last step of a multistep method from an (almost) exact history: error ~ h^(p+1) for its
+    order-p update. The history is made by ten warm-up steps of delta = 2e-5 in lambda from an exact
+    state, then one step of h. The warm-up's first, low-order steps move the state by O(delta^2) to
+    a neighbouring exact trajectory (far below the step's error); what the divided differences see
+    is the difference of the errors of consecutive history points, the local errors of the
+    order-p warm-up steps, O(delta^(p+1)). (With only p - 1 warm-up steps the O(delta^2) error of
+    the first-order step is amplified by the 1/delta^2 of the second difference into an O(h^3)
+    error, which hides the third order.) For UniPC the last step is its predictor UniP-p alone
+    (not corrected), of local order p + 1."""
+    sde = SDES[sde_name]()
+    mix = mixture_2d()
+    score = mix.score_fn(sde)
+    t = 0.5
+    x_t = mix.marginal(t, sde).sample(64, generator=gen(4), dtype=torch.float64)
+
+    def pf_drift(tt, x):
+        f, g = sde.sde(x, tt)
+        return f - 0.5 * (g * g)[:, None] * score(x, tt)
+
+    lam0, delta, warm = _lam(sde, t), 2e-5, 10
+    errs = []
+    for h in LOCAL_H:
+        grid = [t] + [_t_of_lam(sde, lam0 + j * delta) for j in range(1, warm + 1)]
+        grid.append(_t_of_lam(sde, lam0 + warm * delta + h))
+        truth = solve_ode(pf_drift, x_t, t, grid[-1], rtol=1e-12, atol=1e-12)
+        assert bool((truth.status == 0).all())
+        res = sample(score, sde, x_t.shape, sampler=sampler, grid=grid, x_T=x_t, denoise=False, **opts)
+        assert res.info["orders"][-1] == local_order - 1
+        errs.append(_mean_err(res.x, truth.y))
+    assert min(errs) > 1e-11, errs
+    slope = _slope(LOCAL_H, errs)
+    assert abs(slope - local_order) < 0.3, f"{sampler} {opts}: local slope {slope:.3f}, expected {local_order}, {errs}"
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. DPM-Solver++(3M): the factor 2 on the second divided difference.
 # ---------------------------------------------------------------------------------------------
