@@ -619,7 +619,7 @@ def _save(fig, path):
 def _null_line(ax, value, oracle, what="energy distance"):
     if math.isfinite(value):
         ax.axhline(value, color="k", ls="--", lw=1,
-                   label="train vs test images" if oracle == DIGITS else f"null (truth vs truth, 99%)")
+                   label="train vs test images" if oracle == DIGITS else "null (truth vs truth, 99%)")
 
 
 def _figures(summary, targets, device: str, paths) -> None:
