@@ -288,9 +288,6 @@ EXAMPLE_PAGES = [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("
                  if p.name != "api.md" and p != RECIPE_MD]
 
 
-def python_blocks(markdown: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
-
 
 @pytest.mark.parametrize("page", EXAMPLE_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_examples_run_as_written(page, tmp_path):

@@ -149,7 +149,3 @@ def discrete_alpha(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return 1.0 - sde._table("betas", x.device, x.dtype)[sde._discrete_index(t)]
     return torch.ones_like(t)
 
-
-def emit(callback: Callback, **state) -> None:
-    if callback is not None:
-        callback(state)
