@@ -148,4 +148,3 @@ def discrete_alpha(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if isinstance(sde, _VPFamily):
         return 1.0 - sde._table("betas", x.device, x.dtype)[sde._discrete_index(t)]
     return torch.ones_like(t)
-
