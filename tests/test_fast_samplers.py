@@ -154,6 +154,23 @@ LOCAL_CASES = [
 LOCAL_H = [0.2, 0.1, 0.05, 0.025]  # step sizes in lambda = log(m/s)
 
 
+def _exact_start(sde_name: str):
+    """64 float64 points drawn from the exact marginal p_t of the 2-D mixture at t = 0.5 (each lies on
+    an exact probability-flow trajectory) and the probability-flow drift ``f - g^2 score / 2``
+    built from the SDE's public ``sde()``, not from sampler code."""
+    sde = SDES[sde_name]()
+    mix = mixture_2d()
+    score = mix.score_fn(sde)
+    t = 0.5
+    x_t = mix.marginal(t, sde).sample(64, generator=gen(4), dtype=torch.float64)
+
+    def pf_drift(tt, x):
+        f, g = sde.sde(x, tt)
+        return f - 0.5 * (g * g)[:, None] * score(x, tt)
+
+    return sde, score, t, x_t, pf_drift
+
+
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("sampler,opts,local_order", LOCAL_CASES,
                          ids=[f"{s}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for s, o, _ in LOCAL_CASES])
@@ -171,15 +188,7 @@ def test_one_step_local_error(sde_name, sampler, opts, local_order):
     no earlier exact data predictions, so its one-step error says nothing about its order; those
     are tested through the global order above.
     """
-    sde = SDES[sde_name]()
-    mix = mixture_2d()
-    score = mix.score_fn(sde)
-    t = 0.5
-    x_t = mix.marginal(t, sde).sample(64, generator=gen(4), dtype=torch.float64)
-
-    def pf_drift(tt, x):
-        f, g = sde.sde(x, tt)
-        return f - 0.5 * (g * g)[:, None] * score(x, tt)
+    sde, score, t, x_t, pf_drift = _exact_start(sde_name)
 
     errs = []
     for h in LOCAL_H:
@@ -212,15 +221,7 @@ def test_multistep_local_error_with_an_exact_history(sde_name, sampler, opts, lo
     the first-order step is amplified by the 1/delta^2 of the second difference into an O(h^3)
     error, which hides the third order.) For UniPC the last step is its predictor UniP-p alone
     (not corrected), of local order p + 1."""
-    sde = SDES[sde_name]()
-    mix = mixture_2d()
-    score = mix.score_fn(sde)
-    t = 0.5
-    x_t = mix.marginal(t, sde).sample(64, generator=gen(4), dtype=torch.float64)
-
-    def pf_drift(tt, x):
-        f, g = sde.sde(x, tt)
-        return f - 0.5 * (g * g)[:, None] * score(x, tt)
+    sde, score, t, x_t, pf_drift = _exact_start(sde_name)
 
     lam0, delta, warm = _lam(sde, t), 2e-5, 10
     errs = []
