@@ -130,7 +130,7 @@ class Corrector:
         self.sde, self.score, self.st = sde, score, st
         self.snr, self.n_steps, self.step_size_norm = float(snr), int(n_steps), step_size_norm
         self.frozen = None    # pilot rule: E||score||^2 per (grid index, corrector step), host floats
-        self.record = None    # a pilot run appends its batch means of ||score||^2 here
+        self.record = None    # a pilot run stores its batch means of ||score||^2 here (device tensors)
 
     @property
     def nfe(self) -> int:
@@ -173,7 +173,7 @@ class LangevinCorrector(Corrector):
         g = batch_sum(grad * grad).sqrt()
         n = batch_sum(noise * noise).sqrt()
         if self.record is not None:
-            self.record[key] = float(batch_sum(grad * grad).double().mean())  # pilot only: a host read
+            self.record[key] = batch_sum(grad * grad).double().mean()  # read back once, after the pilot
         if self.step_size_norm in ("batch", "pilot"):
             g, n = g.mean().expand_as(g), n.mean().expand_as(n)
         return 2.0 * alpha * (self.snr * n / g.clamp_min(torch.finfo(g.dtype).tiny)) ** 2
@@ -279,7 +279,9 @@ class PCSampler(Sampler):
             pcorr = K(r.sde, r.score, pst, snr, n_corrector_steps, "batch")
             pcorr.record = {}
             _pc_loop(grid, pst.x, P(r.sde, r.score, pst, grid), pcorr, order)
-            corr.frozen = pcorr.record
+            keys = list(pcorr.record)
+            values = torch.stack([pcorr.record[k] for k in keys]).tolist()  # the one host read of the pilot
+            corr.frozen = dict(zip(keys, values))
             pilot_calls = r.score.calls - before
         with r.bar() as bar:
             x = _pc_loop(grid, r.x, pred, corr, order, r.emit if r.callback is not None else None, bar)
