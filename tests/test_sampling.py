@@ -265,7 +265,11 @@ def test_a_failing_sample_gets_a_status_not_a_crash():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("sampler,opts", [("euler_maruyama", dict(steps=50)), ("pc", dict(steps=50)),
-                                          ("ode", {}), ("ddpm", {}), ("ddim", dict(steps=20))])
+                                          ("ode", {}), ("ddpm", {}), ("ddim", dict(steps=20)),
+                                          ("ddim", dict(steps=20, schedule="discrete")),
+                                          ("dpm_solver_2", {}), ("dpm_solver_3", {}), ("dpmpp_2m", {}),
+                                          ("dpmpp_3m", {}), ("dpmpp_2m_sde", {}), ("unipc", dict(order=3)),
+                                          ("heun_edm", dict(S_churn=5.0))])
 def test_cuda_samples_on_the_device(sampler, opts):
     mix = mixture_2d()
     sde = VPSDE(N=100)
