@@ -38,7 +38,7 @@ class Run:
 
     def __init__(self, sampler: "Sampler", score_fn, sde: SDE, st: C.Setup, times: list[float], eps: float,
                  denoise: bool, callback: C.Callback, progress: bool, *, coeffs=None, grid_name: str = "uniform",
-                 nfe_budget: Optional[int] = None):
+                 nfe_budget: Optional[int] = None, rho: Optional[float] = None):
         self.sampler, self.sde, self.st = sampler, sde, st
         self.score = C.CheckedScore(score_fn)
         self.times, self.eps, self.denoise = times, eps, denoise
@@ -49,7 +49,7 @@ class Run:
             (self.m, self.s), self.lam = coeffs, None
         self.callback, self.progress = callback, progress
         self.steps = len(times) - 1
-        self.grid_name, self.nfe_budget = grid_name, nfe_budget
+        self.grid_name, self.nfe_budget, self.rho = grid_name, nfe_budget, rho
 
     @property
     def x(self) -> torch.Tensor:
@@ -85,14 +85,13 @@ class Run:
     def bar(self, total: Optional[int] = None):
         return C.progress_bar(self.steps if total is None else total, self.progress, self.sampler.name)
 
-    def finish(self, x: torch.Tensor, info: dict, *, nfe: Optional[int] = None, denoised: bool = False,
-               **extra) -> SampleResult:
-        """The optional Tweedie step at ``eps`` (skipped when ``denoised``: the sampler's last step already
-        returned a data prediction) and the result. ``nfe`` defaults to the sampler's cost."""
-        if self.denoise and not denoised:
+    def finish(self, x: torch.Tensor, info: dict, *, nfe: Optional[int] = None, **extra) -> SampleResult:
+        """The optional Tweedie step at ``eps`` and the result. ``nfe`` (per sample) defaults to the
+        number of batched score calls."""
+        if self.denoise:
             x = C.tweedie_denoise(self.score, self.sde, x, self.eps)
         info = dict(info, steps=self.steps, denoise=self.denoise, grid=self.grid_name)
-        if getattr(self, "rho", None) is not None:
+        if self.rho is not None:
             info["rho"] = self.rho
         per_sample = self.score.calls if nfe is None else nfe
         return C.finish(self.sampler.name, x, per_sample, self.score.calls, self.eps, info, **extra)
@@ -156,18 +155,17 @@ class Sampler:
         steps = self.resolve_steps(sde, steps, nfe, grid, denoise, options)
         if eps is not None:
             eps = C.resolve_eps(sde, eps)
-        if rho is not None and (grid if grid is not None else self.default_grid) != "karras":
-            raise TypeError(f"rho={rho} sets the spacing of grid='karras' only; this run's grid is "
-                            f"{grid if grid is not None else self.default_grid!r}")
+        grid_name = grid if isinstance(grid, str) else (self.default_grid if grid is None else "explicit")
+        if rho is not None and grid_name != "karras":
+            raise TypeError(f"rho={rho} sets the spacing of grid='karras' only; this run's grid is {grid_name!r}")
         times, eps = G.resolve_grid(sde, grid, steps, eps, C.default_eps(sde), default=self.default_grid,
                                     rho=7.0 if rho is None else rho)
         if x_T is None and times[0] < sde.T:
             raise ValueError(f"the grid starts at t={times[0]:g} < T={sde.T:g}, where the prior is no sample of p_t: "
                              "pass x_T (a state at the grid's first time) or start the grid at T")
         st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
-        grid_name = grid if isinstance(grid, str) else (self.default_grid if grid is None else "explicit")
-        r = Run(self, score_fn, sde, st, times, eps, denoise, callback, progress, grid_name=grid_name, nfe_budget=nfe)
-        r.rho = (7.0 if rho is None else rho) if grid_name == "karras" else None
+        r = Run(self, score_fn, sde, st, times, eps, denoise, callback, progress, grid_name=grid_name, nfe_budget=nfe,
+                rho=(7.0 if rho is None else rho) if grid_name == "karras" else None)
         with torch.no_grad():
             return self.run(r, **options)
 

@@ -40,6 +40,15 @@ def ddim_timesteps(i_max: int, steps: int) -> list[int]:
     return sorted(set(idx), reverse=True)
 
 
+def _transition(r: Run, k: int) -> tuple[float, float, float]:
+    """From grid time ``t' = t_{k+1}`` to ``t = t_k``: ``x_t = a x_t' + sqrt(v) z`` with ``a = m/m'``,
+    ``v = s^2 - a^2 s'^2``, and the posterior variance ``v s'^2 / s^2`` of ``q(x_t' | x_t, x_0)``."""
+    m, s, m2, s2 = r.m[k], r.s[k], r.m[k + 1], r.s[k + 1]
+    a = m / m2
+    v = max(s * s - a * a * s2 * s2, 0.0)
+    return a, v, v * s2 * s2 / (s * s)
+
+
 class _Chain(Sampler):
     """Shared by DDPM and DDIM: the schedule choice and the discrete chain's grid."""
 
@@ -74,8 +83,8 @@ class _Chain(Sampler):
         if i_max < 0:
             raise ValueError(f"T={sde.T} is shorter than one DDPM step 1/N={1 / sde.N:g}")
         n = nfe if nfe is not None else steps
-        n = C.check_steps(n, "nfe" if nfe is not None else "steps") if n is not None else self.discrete_default(i_max)
-        idx = ddim_timesteps(i_max, n)
+        n = C.check_steps(n, "nfe" if nfe is not None else "steps") if n is not None else self.default_steps(sde)
+        idx = ddim_timesteps(i_max, n)  # at most the i_max + 1 steps of the chain
         abar = sde.ddpm_schedule().alphas_cumprod
         m = [math.sqrt(float(abar[i])) for i in idx] + [1.0]
         s = [math.sqrt(float(-torch.expm1(torch.log(abar[i])))) for i in idx] + [0.0]
@@ -119,17 +128,13 @@ class DDPM(_Chain):
     def default_steps(self, sde):
         return sde.N
 
-    def discrete_default(self, i_max):
-        return i_max + 1
-
     def move(self, r, x, x0, e, k, variance: str = "posterior"):
         if variance not in VARIANCES:
             raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
-        m, s, m2, s2 = r.m[k], r.s[k], r.m[k + 1], r.s[k + 1]
-        a = m / m2
-        v = max(s * s - a * a * s2 * s2, 0.0)
-        mean = (m2 * v / (s * s)) * x0 + (a * s2 * s2 / (s * s)) * x
-        var = v * s2 * s2 / (s * s) if variance == "posterior" else v
+        a, v, post = _transition(r, k)
+        s, s2 = r.s[k], r.s[k + 1]
+        mean = (r.m[k + 1] * v / (s * s)) * x0 + (a * s2 * s2 / (s * s)) * x
+        var = post if variance == "posterior" else v
         return mean + math.sqrt(var) * r.noise(x) if var > 0 else mean
 
 
@@ -147,14 +152,10 @@ class DDIM(_Chain):
     def default_steps(self, sde):
         return 50
 
-    def discrete_default(self, i_max):
-        return 50
-
     def move(self, r, x, x0, e, k, eta: float = 0.0):
         if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
             raise ValueError(f"eta must be a finite non-negative number, got {eta}")
-        m, s, m2, s2 = r.m[k], r.s[k], r.m[k + 1], r.s[k + 1]
-        a = m / m2
-        sigma = eta * math.sqrt(max((s * s - a * a * s2 * s2) * s2 * s2 / (s * s), 0.0))
-        x = m2 * x0 + math.sqrt(max(s2 * s2 - sigma * sigma, 0.0)) * e
+        sigma = eta * math.sqrt(_transition(r, k)[2])
+        s2 = r.s[k + 1]
+        x = r.m[k + 1] * x0 + math.sqrt(max(s2 * s2 - sigma * sigma, 0.0)) * e
         return x + sigma * r.noise(x) if sigma > 0 else x

@@ -138,10 +138,9 @@ class DPMSolver(Sampler):
     def run(self, r: Run, order: Optional[int] = None, **_):
         order = self._order({} if order is None else {"order": order})
         K = r.steps
-        budget = getattr(r, "nfe_budget", None)
         orders = [order] * K
-        if budget is not None:
-            orders = self.fast_orders(budget - int(r.denoise), order)
+        if r.nfe_budget is not None:
+            orders = self.fast_orders(r.nfe_budget - int(r.denoise), order)
         x = r.x
         with r.bar() as bar:
             for k, p in enumerate(orders):
