@@ -4,14 +4,9 @@ Every loader returns a :class:`Dataset`: train and test tensors ``(N, *shape)`` 
 quantization grid they live on (``n_levels``, ``data_range``), so that bits/dim is always computed
 with the right offset: ``evaluate_bpd(score_fn, sde, ds.test, **ds.bpd_kwargs())``.
 
-**Grid convention** (the one :func:`scoresde.evaluate.evaluate_bpd` checks; Song et al. 2021 dequantize
-8-bit images as ``u/256 + U(0, 1/256)``). With ``n_levels`` levels on ``data_range = (lo, hi)`` the
-cell width is ``w = (hi - lo) / n_levels``; integer level ``k in {0, ..., n_levels - 1}`` owns the
-cell ``[lo + k w, lo + (k + 1) w)`` and its data value is the cell's *left edge* ``lo + k w``
-(:func:`scale`). The largest data value is therefore ``hi - w``, not ``hi``. Uniform dequantization
-adds ``U(0, w)`` per coordinate (:func:`dequantize`), which makes the point uniform over its cell.
-Note that ``ToTensor()`` followed by ``2x - 1`` maps pixel ``k`` to ``-1 + 2k/255``, which is *not* on
-this grid: load through this module, or map integer levels with :func:`scale`.
+**Grid.** Quantized data sets hold grid values ``lo + k w``, ``w = (hi - lo) / n_levels``, the
+convention of :mod:`scoresde.quantize` (written out there once); :func:`scale` maps integer levels
+to them, :func:`to_levels` back, :func:`dequantize` adds the ``U(0, w)`` noise.
 
 Data sets (``load_dataset(name, ...)`` dispatches on the name):
 
@@ -30,8 +25,7 @@ expected and where to get them.
 References: LeCun, Bottou, Bengio & Haffner (1998), "Gradient-based learning applied to document
 recognition" (MNIST, IDX format); Krizhevsky (2009), "Learning multiple layers of features from tiny
 images" (CIFAR-10); Alpaydin & Kaynak (1998), UCI optical recognition of handwritten digits (the
-scikit-learn digits); Theis, van den Oord & Bethge (2016), "A note on the evaluation of generative
-models" (uniform dequantization).
+scikit-learn digits).
 """
 from __future__ import annotations
 
@@ -52,7 +46,7 @@ import numpy as np
 import torch
 
 from . import targets
-from .evaluate import GRID_TOL, _grid, check_on_grid, dequantize_uniform
+from .quantize import dequantize, grid_cell, grid_values, to_levels
 
 __all__ = [
     "Dataset", "DATASETS", "TOY_DATASETS", "scale", "to_levels", "dequantize", "load_digits", "load_mnist",
@@ -62,9 +56,9 @@ __all__ = [
 PathLike = Union[str, Path]
 DataRange = Tuple[float, float]
 
-#: Elements converted per chunk by :func:`scale` and :func:`to_levels` (bounds float64 temporaries).
-_CHUNK = 1 << 22
-
+#: Integer levels to data values (:func:`scoresde.quantize.grid_values`), under the name this module
+#: has always used.
+scale = grid_values
 
 # ---------------------------------------------------------------------------------------------
 # The data set object.
@@ -104,7 +98,7 @@ class Dataset:
             raise ValueError("n_levels and data_range go together: give both (quantized data) or neither "
                              f"(continuous data), got n_levels={self.n_levels!r}, data_range={self.data_range!r}")
         if self.n_levels is not None:
-            lo, hi, _ = _grid(self.n_levels, self.data_range)
+            lo, hi, _ = grid_cell(self.n_levels, self.data_range)
             object.__setattr__(self, "data_range", (lo, hi))
         for split in ("train", "test"):
             x = getattr(self, split)
@@ -181,121 +175,6 @@ def _check_split(split: str) -> str:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     return split
-
-
-# ---------------------------------------------------------------------------------------------
-# The grid: integer levels <-> data values, dequantization.
-# ---------------------------------------------------------------------------------------------
-def _check_resolution(n_levels: int, lo: float, hi: float, w: float, dtype: torch.dtype) -> None:
-    """Refuse a dtype whose rounding error near ``max(|lo|, |hi|)`` exceeds half the grid check's tolerance."""
-    err = 0.5 * torch.finfo(dtype).eps * max(abs(lo), abs(hi))
-    if err > 0.5 * GRID_TOL * w:
-        raise ValueError(f"{dtype} cannot hold a grid of {n_levels} levels on [{lo:g}, {hi:g}] (cell width {w:.3g}) "
-                         f"accurately enough: its rounding error ({err:.2g}) exceeds the grid check's tolerance "
-                         f"({GRID_TOL:g} w); use dtype=torch.float64 or fewer levels")
-
-
-def scale(levels: Any, n_levels: int = 256, data_range: Sequence[float] = (-1.0, 1.0), *,
-          dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Integer levels ``k in {0, ..., n_levels - 1}`` to data values ``lo + k w``, ``w = (hi - lo) / n_levels``.
-
-    The value is the left edge of the level's dequantization cell ``[lo + k w, lo + (k + 1) w)``,
-    exactly the values :func:`scoresde.evaluate.grid_values` gives (computed in float64, rounded
-    once to ``dtype``), so the output always passes ``evaluate_bpd``'s grid check.
-
-    Args:
-        levels: integer tensor or array of any shape (e.g. ``uint8`` pixels).
-        n_levels, data_range: the grid; 256 and ``(-1, 1)`` for 8-bit images on ``[-1, 1]``.
-        dtype: floating output dtype, default torch's default dtype. A dtype too coarse for the
-            grid (e.g. float32 for 65536 levels) is refused with ``ValueError``.
-
-    Returns a tensor shaped like ``levels`` on its device.
-    """
-    lo, hi, w = _grid(n_levels, data_range)
-    u = torch.as_tensor(levels)
-    if u.is_floating_point() or u.is_complex() or u.dtype == torch.bool:
-        raise TypeError(f"levels must be an integer tensor (e.g. uint8 pixels), got dtype {u.dtype}; "
-                        "to convert data values back to levels use to_levels")
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    _check_resolution(n_levels, lo, hi, w, dtype)
-    if u.numel() and (int(u.min()) < 0 or int(u.max()) > n_levels - 1):
-        raise ValueError(f"levels must lie in [0, {n_levels - 1}] for n_levels={n_levels}, "
-                         f"got min {int(u.min())}, max {int(u.max())}")
-    table = (lo + torch.arange(n_levels, dtype=torch.float64, device=u.device) * w).to(dtype)
-    flat = u.reshape(-1)
-    out = torch.empty(flat.shape, dtype=dtype, device=u.device)
-    for a in range(0, flat.numel(), _CHUNK):
-        out[a:a + _CHUNK] = table[flat[a:a + _CHUNK].long()]
-    return out.reshape(u.shape)
-
-
-def to_levels(x: torch.Tensor, n_levels: int = 256, data_range: Sequence[float] = (-1.0, 1.0), *,
-              mode: str = "exact", dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """Data values back to integer levels: the inverse of :func:`scale`.
-
-    Args:
-        x: floating tensor of any shape.
-        mode: ``"exact"``: ``x`` must be grid values (checked as ``evaluate_bpd`` checks them,
-            within ``GRID_TOL * w``; otherwise ``ValueError``) and ``k = round((x - lo) / w)``.
-            ``"floor"``: any finite values (dequantized data, model samples) go to the cell that
-            contains them, ``k = floor((x - lo) / w + tol)`` clipped to ``[0, n_levels - 1]``. The
-            slack ``tol = min(4 eps max(|lo|, |hi|) / w, GRID_TOL)`` (``eps`` of ``x``'s dtype: a
-            few ulps) keeps grid values rounded down by the dtype in their own cell; in float64 it
-            is ~1e-13, so ``to_levels(dequantize(x), mode="floor")`` returns ``x``'s levels.
-        dtype: integer output dtype (``torch.uint8`` is fine for up to 256 levels).
-
-    Returns an integer tensor shaped like ``x`` on its device.
-    """
-    lo, hi, w = _grid(n_levels, data_range)
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating tensor of data values, got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')}")
-    if mode not in ("exact", "floor"):
-        raise ValueError(f"mode must be 'exact' (grid values) or 'floor' (any values: their cell), got {mode!r}")
-    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool or torch.iinfo(dtype).max < n_levels - 1:
-        raise TypeError(f"dtype must be an integer dtype that holds {n_levels - 1}, got {dtype}")
-    tol = min(4.0 * torch.finfo(x.dtype).eps * max(abs(lo), abs(hi)) / w, GRID_TOL)
-    flat = x.detach().reshape(-1)
-    out = torch.empty(flat.shape, dtype=dtype, device=x.device)
-    for a in range(0, flat.numel(), _CHUNK):
-        v = (flat[a:a + _CHUNK].to(torch.float64) - lo) / w
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError("x contains non-finite values (NaN or inf); clean the data first")
-        if mode == "exact":
-            k = torch.round(v)
-            if bool((((v - k).abs() > GRID_TOL) | (k < 0) | (k > n_levels - 1)).any()):
-                try:
-                    check_on_grid(x, n_levels, data_range, name="x")  # raises with a full diagnosis
-                except ValueError as e:
-                    raise ValueError(f"{e} In to_levels: for values that are not grid points (dequantized data, "
-                                     "model samples) use mode='floor', which returns the cell holding each value."
-                                     ) from None
-                raise AssertionError("grid check disagrees with to_levels")  # pragma: no cover
-        else:
-            k = torch.floor(v + tol).clamp_(0, n_levels - 1)
-        out[a:a + _CHUNK] = k.to(dtype)
-    return out.reshape(x.shape)
-
-
-def dequantize(x: torch.Tensor, n_levels: int = 256, data_range: Sequence[float] = (-1.0, 1.0),
-               generator: Optional[torch.Generator] = None, *, check: bool = False) -> torch.Tensor:
-    """Uniform dequantization ``x + u w``, ``u ~ U[0, 1)`` per coordinate, ``w = (hi - lo) / n_levels``.
-
-    ``x`` holds grid values (cell left edges, :func:`scale`); the result is uniform over each
-    value's cell ``[x, x + w)`` (up to the rounding of ``x + u w`` in ``x``'s dtype, at most one
-    ulp). This is :func:`scoresde.evaluate.dequantize_uniform`, the noise ``evaluate_bpd`` adds:
-    ``torch.rand`` shaped like ``x``, in ``x``'s dtype, on ``x``'s device, from ``generator``
-    (so a generator on ``x``'s device). ``check=True`` first verifies that ``x`` is on the grid
-    (one host read-back; off by default for training loops).
-    """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating tensor of grid values, got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')}; map integer levels with scale() first")
-    if check:
-        check_on_grid(x, n_levels, data_range, name="x")
-    return dequantize_uniform(x, n_levels, data_range, generator)
 
 
 # ---------------------------------------------------------------------------------------------

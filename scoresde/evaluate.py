@@ -5,22 +5,11 @@ likelihood, Song et al. 2021, Section 4.3 and Appendix D.2) over every sample of
 fresh uniform dequantization noise and fresh Hutchinson probes per repeat, and returns a
 :class:`BPDResult` with the per-sample values and a summary that states its convention.
 
-**Quantization grid** (the convention of the original score-SDE code, Song et al. 2021, which
-dequantizes 8-bit images as ``u/256 + U(0, 1/256)`` on ``[0, 1]`` and then rescales). With
-``n_levels`` levels on ``data_range = (lo, hi)`` the cell width is ``w = (hi - lo) / n_levels``;
-level ``u in {0, ..., n_levels - 1}`` owns the cell ``[lo + u w, lo + (u + 1) w)`` and its data
-value is the cell's *left edge* ``lo + u w`` (:func:`grid_values`). Uniform dequantization adds
-``U(0, w)`` to every coordinate (:func:`dequantize_uniform`), so the dequantized point is uniform
-over the cell. With ``D`` dimensions, for any continuous density ``p``,
-
-    log P(u) = log int_cell p(x) dx >= E_U[log p(x_u + U)] + D log w    (Jensen)
-
-(Theis, van den Oord & Bethge 2016; Ho et al. 2019), so ``bpd = -log p(x) / (D ln 2) +
-log2(n_levels / (hi - lo))`` -- :func:`scoresde.likelihood.bits_per_dim`, with the offset
-``-log2 w`` -- is, averaged over the noise, an upper bound on the discrete negative
-log-likelihood in bits per dimension. Data off this grid are refused (a value ``u/(n_levels-1)``
-rescaled, as ``ToTensor()`` then ``2x - 1`` gives, is *not* on it: map it with
-``u = round((x - lo) / (hi - lo) * (n_levels - 1))`` and :func:`grid_values`).
+**Quantization grid.** Data are grid values ``lo + k w``, ``w = (hi - lo) / n_levels`` (the convention of
+:mod:`scoresde.quantize`, written out there once), dequantized by adding ``U(0, w)`` per coordinate;
+the reported ``bpd = -log p(x) / (D ln 2) + log2(n_levels / (hi - lo))`` is then, averaged over the
+noise, an upper bound on the discrete negative log-likelihood in bits per dimension. Data off the
+grid are refused with a message that says how to map them.
 
 With ``dequantize=None`` the data are evaluated as given (continuous data, e.g. samples of an
 oracle) and the same formula is reported: a continuous density in bits per dimension, shifted by
@@ -37,9 +26,7 @@ of the expected bits/dim over the data distribution, the dequantization noise an
 gathered with ``all_gather_object``, so every rank returns the full result in the original order.
 
 Reference: Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), "Score-Based Generative
-Modeling through Stochastic Differential Equations", ICLR; Theis, van den Oord & Bethge (2016),
-"A note on the evaluation of generative models", ICLR; Ho, Chen, Srinivas, Duan & Abbeel (2019),
-"Flow++", ICML (Section 3.1 on dequantization).
+Modeling through Stochastic Differential Equations", ICLR.
 """
 from __future__ import annotations
 
@@ -52,97 +39,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .likelihood import bits_per_dim, log_likelihood
+from . import quantize as Q
+from .quantize import check_on_grid, grid_cell, grid_values
 from .sde import SDE, ScoreFn
 
 __all__ = ["evaluate_bpd", "BPDResult", "grid_values", "dequantize_uniform", "check_on_grid"]
 
-#: A data value is on the grid when it lies within this fraction of a cell width of a grid point.
-GRID_TOL = 1e-4
-
 _DEQUANTIZE = ("uniform", None)
 
-
-# ---------------------------------------------------------------------------------------------
-# The quantization grid.
-# ---------------------------------------------------------------------------------------------
-def _grid(n_levels: Any, data_range: Any) -> Tuple[float, float, float]:
-    """Check ``n_levels`` and ``data_range``; return ``(lo, hi, w)`` with ``w = (hi - lo) / n_levels``."""
-    if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 2:
-        raise ValueError(f"n_levels must be an int >= 2 (256 for 8-bit data), got {n_levels!r}")
-    try:
-        lo, hi = (float(v) for v in data_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"data_range must be a pair (lo, hi) of numbers, got {data_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ValueError(f"data_range must be (lo, hi) with finite lo < hi, got {data_range!r}")
-    return lo, hi, (hi - lo) / n_levels
+#: Uniform dequantization (:func:`scoresde.quantize.dequantize`), under the name this module exported.
+dequantize_uniform = Q.dequantize
 
 
-def grid_values(levels: torch.Tensor, n_levels: int = 256, data_range=(-1.0, 1.0),
-                dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Integer levels ``u in {0, ..., n_levels - 1}`` to their data values ``lo + u (hi - lo) / n_levels``.
-
-    The value is the left edge of the level's dequantization cell (see the module docstring).
-    ``dtype`` defaults to torch's default dtype; the result is on ``levels``' device.
-    """
-    lo, _, w = _grid(n_levels, data_range)
-    u = torch.as_tensor(levels)
-    if u.is_floating_point() or u.is_complex() or u.dtype == torch.bool:
-        raise TypeError(f"levels must be an integer tensor (e.g. uint8 pixels), got dtype {u.dtype}")
-    if u.numel() and (int(u.min()) < 0 or int(u.max()) > n_levels - 1):
-        raise ValueError(f"levels must lie in [0, {n_levels - 1}], got min {int(u.min())}, max {int(u.max())}")
-    return (lo + u.to(torch.float64) * w).to(dtype or torch.get_default_dtype())
-
-
-def check_on_grid(x: torch.Tensor, n_levels: int = 256, data_range=(-1.0, 1.0), *, name: str = "data") -> None:
-    """Raise ``ValueError`` unless every value of ``x`` is a grid point ``lo + u w``, ``u in {0..n_levels-1}``.
-
-    A value is accepted within ``GRID_TOL * w`` of a grid point (float32 rounding of 8-bit data on
-    ``[-1, 1]`` is about ``1e-5 w``). The message says what the data look like and what to do.
-    """
-    lo, hi, w = _grid(n_levels, data_range)
-    v = (x.detach().to(torch.float64) - lo) / w
-    k = torch.round(v)
-    off = (v - k).abs() > GRID_TOL
-    out = (k < 0) | (k > n_levels - 1)
-    bad = off | out
-    n_bad = int(bad.sum())
-    if n_bad == 0:
-        return
-    example = float(x.detach().reshape(-1)[bad.reshape(-1).nonzero()[0, 0]])
-    what = []
-    if bool(out.any()):
-        what.append(f"{int(out.sum())} outside [{lo:g}, {hi - w:g}] = [lo, hi - w]")
-    if bool(off.any()):
-        what.append(f"{int(off.sum())} between grid points")
-    hint = ""
-    v255 = (x.detach().to(torch.float64) - lo) / (hi - lo) * (n_levels - 1)
-    if bool(((v255 - torch.round(v255)).abs() <= GRID_TOL).all()):
-        hint = (f" They look like levels u mapped as lo + u/(n_levels-1) (hi - lo) (e.g. ToTensor() then 2x-1); "
-                f"this package uses lo + u (hi - lo)/n_levels: pass "
-                f"grid_values(torch.round((x - lo) / (hi - lo) * {n_levels - 1}).long(), {n_levels}, data_range).")
-    raise ValueError(
-        f"{name} is not on the quantization grid of {n_levels} levels on [{lo:g}, {hi:g}] "
-        f"(values lo + u (hi - lo)/{n_levels}, u = 0..{n_levels - 1}): {n_bad} of {x.numel()} values are off it "
-        f"({', '.join(what)}; e.g. {example!r}).{hint} For continuous data pass dequantize=None; for "
-        f"data with another number of levels or range set n_levels and data_range."
-    )
-
-
-def dequantize_uniform(x: torch.Tensor, n_levels: int = 256, data_range=(-1.0, 1.0),
-                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Uniform dequantization: ``x + U(0, w)`` per coordinate, ``w = (hi - lo) / n_levels``.
-
-    ``x`` must hold grid values (cell left edges, :func:`grid_values`); the result is uniform over
-    each value's cell. Noise is drawn from ``generator`` on ``x``'s device, in ``x``'s dtype.
-    """
-    _, _, w = _grid(n_levels, data_range)
-    return x + torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * w
-
-
-# ---------------------------------------------------------------------------------------------
-# The result.
-# ---------------------------------------------------------------------------------------------
 def _summarise(bpd: torch.Tensor, status: torch.Tensor) -> Tuple[float, float, torch.Tensor, int]:
     """``(mean, stderr, per-sample mean over ok repeats (N,), number of samples with >= 1 ok repeat)``."""
     ok = (status == 0) & torch.isfinite(bpd)
@@ -407,7 +315,7 @@ def _check_options(repeats, dequantize, batch_size, n_levels, data_range) -> Tup
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if dequantize not in _DEQUANTIZE:
         raise ValueError(f"dequantize must be 'uniform' (quantized data) or None (continuous data), got {dequantize!r}")
-    return _grid(n_levels, data_range)
+    return grid_cell(n_levels, data_range)
 
 
 def evaluate_bpd(
@@ -538,7 +446,7 @@ def evaluate_bpd(
                 num_dims = math.prod(xb.shape[1:])
                 rows = {k: [] for k in cols}
                 for _ in range(repeats):
-                    xr = dequantize_uniform(xb, n_levels, (lo, hi), gen) if dequantize == "uniform" else xb
+                    xr = Q.dequantize(xb, n_levels, (lo, hi), gen) if dequantize == "uniform" else xb
                     res = log_likelihood(score_fn, sde, xr, generator=gen, **lik_kw)
                     rows["logp"].append(res.logp.detach().to("cpu", torch.float64))
                     rows["nfe"].append(res.nfe.detach().to("cpu", torch.long))

@@ -63,8 +63,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .data import DATASETS, Dataset, load_dataset
-from .evaluate import dequantize_uniform
 from .io import atomic_write, atomic_write_with
+from .quantize import dequantize
 from .losses import TIME_SAMPLERS, WEIGHTINGS, dsm_loss, importance_density, sample_importance_time
 from .nets import MLPScoreNet, UNet
 from .score import PARAMETERIZATIONS, ScoreModel
@@ -645,7 +645,7 @@ class _Trainer:
         cfg, sde, g = self.cfg, self.sde, self.gen
         B = x0.shape[0]
         if self.quantized:
-            x0 = dequantize_uniform(x0, self.dataset.n_levels, self.dataset.data_range, g)
+            x0 = dequantize(x0, self.dataset.n_levels, self.dataset.data_range, g)
         if cfg.time_sampler == "uniform":
             u = torch.rand(B, generator=g, device=x0.device, dtype=torch.float64)
             t = (cfg.eps + (sde.T - cfg.eps) * u).to(x0.dtype)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import scoresde.evaluate as ev
 from scoresde import VPSDE, GaussianMixture, mixture_2d, mixture_nd
-from scoresde.evaluate import BPDResult, check_on_grid, dequantize_uniform, evaluate_bpd, grid_values
+from scoresde.evaluate import BPDResult, dequantize_uniform, evaluate_bpd, grid_values
 
 LN2 = math.log(2.0)
 
@@ -82,20 +82,6 @@ def test_continuous_bpd_equals_analytic(sde, mix_name):
 # ---------------------------------------------------------------------------------------------
 # The grid and dequantization.
 # ---------------------------------------------------------------------------------------------
-def test_grid_values_and_check():
-    u = torch.arange(256)
-    x = grid_values(u)
-    assert x.dtype == torch.get_default_dtype()
-    assert x[0].item() == -1.0 and x[-1].item() == pytest.approx(1.0 - 2.0 / 256)
-    assert x[128].item() == 0.0
-    check_on_grid(x)
-    check_on_grid(grid_values(torch.arange(16), 16, (0.0, 1.0)), 16, (0.0, 1.0))
-    with pytest.raises(ValueError, match=r"levels must lie in \[0, 255\]"):
-        grid_values(torch.tensor([256]))
-    with pytest.raises(TypeError, match="integer"):
-        grid_values(torch.tensor([0.5]))
-
-
 def test_quantized_data_accepted_and_off_grid_refused(sde, small_mix):
     xq, _ = _grid_data(small_mix, 6, n_levels=32)
     score = small_mix.score_fn(sde)
