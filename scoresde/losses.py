@@ -227,7 +227,7 @@ def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, w
     xt = append_dims(m, x0.ndim) * x0 + append_dims(s, x0.ndim) * noise
 
     if isinstance(model, ScoreModel):
-        out = model(xt, t)
+        out = model.net_output(xt, t)
         resid = append_dims(model.eps_scale(t), x0.ndim) * (out - model.target(x0, noise, t))
     else:
         score = model(xt, t)

@@ -75,8 +75,9 @@ class ScoreModel(nn.Module):
             The resolved choice is stored in :attr:`time_input`.
         time_scale: the factor of ``"scaled_t"`` (default 999).
 
-    ``forward(x, t)`` returns the raw network output; :meth:`score` (alias :meth:`score_fn`),
-    :meth:`eps` and :meth:`denoise` convert it. ``t`` is a ``(B,)`` tensor or a number; these
+    Calling the model, ``model(x, t)``, returns the score (as :meth:`score` and its alias
+    :meth:`score_fn` do), so the model itself can be passed wherever a ``score_fn`` is expected;
+    :meth:`net_output` is the raw network output, which :meth:`eps` and :meth:`denoise` convert. ``t`` is a ``(B,)`` tensor or a number; these
     methods do no host synchronisation and do not check the range of ``t`` (solvers may probe
     slightly outside ``[0, T]``), so they can run inside sampling loops. The network must not be
     evaluated at ``t = 0`` for VP-type SDEs (``s(0) = 0``): samplers and losses use ``t >= eps > 0``.
@@ -140,8 +141,8 @@ class ScoreModel(nn.Module):
         return self.sde._log_snr(t)  # "log_snr"
 
     # -- network ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        """Raw network output ``net(x, net_time(t))``, shaped like ``x``."""
+    def net_output(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """Raw network output ``net(x, net_time(t))`` (the parameterization's quantity), shaped like ``x``."""
         check_x(x)
         t = self._time(t, x)
         out = self.net(x, self.net_time(t))
@@ -149,6 +150,10 @@ class ScoreModel(nn.Module):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the network must return a tensor shaped like x {tuple(x.shape)}, got {got}")
         return out
+
+    def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """The score ``grad_x log p_t(x)`` (same as :meth:`score`), so the model itself is a ``score_fn``."""
+        return self.score(x, t)
 
     def _coeffs(self, t: torch.Tensor, ndim: int):
         m, s = self.sde._coeffs(t)
@@ -187,7 +192,7 @@ class ScoreModel(nn.Module):
     # -- conversions -----------------------------------------------------------------------------
     def score(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """``grad_x log p_t(x)`` as the model estimates it; shaped like ``x``."""
-        out = self.forward(x, t)
+        out = self.net_output(x, t)
         m, s = self._coeffs(self._time(t, x), x.ndim)
         return self._score_from(out, x, m, s)
 
@@ -197,13 +202,13 @@ class ScoreModel(nn.Module):
 
     def eps(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """Noise estimate ``eps_hat = E[z | x_t = x] = -s(t) score``; shaped like ``x``."""
-        out = self.forward(x, t)
+        out = self.net_output(x, t)
         m, s = self._coeffs(self._time(t, x), x.ndim)
         return self._eps_from(out, x, m, s)
 
     def denoise(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """Data estimate ``x0_hat = E[x_0 | x_t = x] = (x + s^2 score) / m`` (Tweedie); shaped like ``x``."""
-        out = self.forward(x, t)
+        out = self.net_output(x, t)
         m, s = self._coeffs(self._time(t, x), x.ndim)
         return self._x0_from(out, x, m, s)
 

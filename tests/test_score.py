@@ -228,9 +228,10 @@ def test_bad_arguments():
 
 
 def test_passing_the_score_model_itself_uses_its_score():
-    """A ScoreModel called directly returns the raw network output; the samplers and the likelihood
-    take the model itself as well as its score_fn, with identical results (it used to be silently
-    read as a score: 18.5 bits/dim per digit instead of ~3)."""
+    """A ScoreModel called directly returns its score (its raw output is net_output); the samplers and
+    the likelihood take the model itself as well as its score_fn, with identical results (a model
+    that returned its raw output was once silently read as a score: 18.5 bits/dim per digit
+    instead of ~3)."""
     from scoresde import VPSDE, MLPScoreNet, ScoreModel, log_likelihood, sample
 
     torch.manual_seed(0)
@@ -245,3 +246,10 @@ def test_passing_the_score_model_itself_uses_its_score():
         s1 = sample(model, sde, (4, 3), sampler="euler_maruyama", steps=5, generator=g())
         s2 = sample(model.score_fn, sde, (4, 3), sampler="euler_maruyama", steps=5, generator=g())
     assert torch.equal(s1.x, s2.x)
+    with torch.no_grad():
+        t = torch.full((4,), 0.3)
+        _, std = sde.marginal_prob(x, t)
+        assert torch.equal(model(x, t), model.score(x, t))
+        # the raw eps output, read independently of score(): score = -eps / s
+        torch.testing.assert_close(model(x, t), -model.net(x, 999.0 * t) / std[:, None])
+        assert torch.equal(model.net_output(x, t), model.net(x, 999.0 * t))

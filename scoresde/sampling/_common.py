@@ -86,12 +86,6 @@ class CheckedScore:
     and counts batched calls."""
 
     def __init__(self, score_fn: ScoreFn):
-        from ..score import ScoreModel
-
-        if isinstance(score_fn, ScoreModel):
-            # A ScoreModel called directly returns the raw network output (eps, x0, v, ...), not the
-            # score: take its score function, so passing the model itself is never silently wrong.
-            score_fn = score_fn.score_fn
         if not callable(score_fn):
             raise TypeError("score_fn must be callable as score_fn(x, t) -> tensor shaped like x")
         self.score_fn = score_fn
