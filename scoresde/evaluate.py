@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 from .likelihood import bits_per_dim, log_likelihood
 from . import quantize as Q
 from .quantize import check_on_grid, grid_cell, grid_values
-from .sde import SDE, ScoreFn
+from .scorefn import ScoreFn
+from .sde import SDE
 
 __all__ = ["evaluate_bpd", "BPDResult", "grid_values", "dequantize_uniform", "check_on_grid"]
 

@@ -25,8 +25,8 @@ from typing import Optional, Sequence
 import torch
 
 from ._utils import check_finite, check_x
-from .sampling._common import CheckedScore
-from .sde import SDE, ScoreFn
+from .scorefn import CheckedScore, ScoreFn
+from .sde import SDE
 from .solvers import METHODS, solve_ode
 
 TRACES = ("rademacher", "gaussian", "exact")

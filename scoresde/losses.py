@@ -45,12 +45,13 @@ The uniform draws and the inversion are done in float64 and the times are then c
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 
 from ._utils import append_dims, as_time, check_finite, check_x
 from .score import ScoreModel
+from .scorefn import ScoreFn
 from .sde import SDE
 
 __all__ = ["dsm_loss", "importance_density", "sample_importance_time", "loss_weight",
@@ -59,8 +60,6 @@ __all__ = ["dsm_loss", "importance_density", "sample_importance_time", "loss_wei
 WEIGHTINGS = ("sigma2", "likelihood")
 TIME_SAMPLERS = ("uniform", "importance")
 REDUCTIONS = ("mean", "sum")
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from ._utils import TimeLike, append_dims, as_time, batch_sum, check_finite, check_positive, check_x, log_expm1
 from .discrete import DDPMSchedule, SMLDSchedule, _check_n, cosine_log_alpha_bar
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from .scorefn import ScoreFn
 
 
 # ---------------------------------------------------------------------------------------------

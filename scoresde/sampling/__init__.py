@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..sde import SDE, ScoreFn
+from ..scorefn import ScoreFn
+from ..sde import SDE
 from .base import Sampler
 from .chains import DDIM, DDPM
 from .edm import HeunEDM

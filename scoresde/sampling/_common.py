@@ -10,7 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .._utils import append_dims, check_finite
-from ..sde import SDE, VESDE, ScoreFn, _VPFamily
+from ..scorefn import CheckedScore
+from ..sde import SDE, VESDE, _VPFamily
 from .result import SampleResult
 
 Callback = Optional[Callable[[dict], None]]
@@ -79,33 +80,6 @@ def setup(sde: SDE, shape: Sequence[int], *, generator=None, device=None, dtype=
     if x_T is None:
         x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
     return Setup(x_T, generator)
-
-
-class CheckedScore:
-    """Wraps a score function: checks its output once per call (Python-side only, no host sync)
-    and counts batched calls."""
-
-    def __init__(self, score_fn: ScoreFn):
-        if not callable(score_fn):
-            raise TypeError("score_fn must be callable as score_fn(x, t) -> tensor shaped like x")
-        self.score_fn = score_fn
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.score_fn(x, t)
-        self.calls += 1
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"score_fn must return a tensor, got {type(out).__name__}")
-        if out.shape != x.shape:
-            raise ValueError(f"score_fn returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; "
-                             "it must return a tensor shaped like x")
-        if out.device != x.device:
-            raise ValueError(f"score_fn returned a tensor on {out.device} for x on {x.device}; "
-                             "move the model to the sampling device")
-        if out.dtype != x.dtype:
-            raise ValueError(f"score_fn returned dtype {out.dtype} for x of dtype {x.dtype}; "
-                             "sample in the model's dtype (dtype=...) or cast inside score_fn")
-        return out
 
 
 def time_vec(t: float, x: torch.Tensor) -> torch.Tensor:
