@@ -13,7 +13,7 @@ from .sampling import CORRECTORS, GRIDS, PREDICTORS, SAMPLERS, Sampler, SampleRe
 from .score import PARAMETERIZATIONS, ScoreModel
 from .sde import SDE, BetaSchedule, CosineBeta, LinearBeta, ReverseSDE, SubVPSDE, VESDE, VPSDE
 from .solvers import METHODS, ButcherTableau, ODEResult, SolverStatus, StepSizeController, available_methods, solve_ode
-from .train import TrainConfig, TrainingDiverged, TrainResult, build_model, build_sde, load_checkpoint, load_model, train
+from .training import TrainConfig, TrainingDiverged, TrainResult, build_model, build_sde, load_checkpoint, load_model, train
 from .targets import (
     GaussianMixture,
     checkerboard,

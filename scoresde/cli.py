@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .sampling import CORRECTORS, GRIDS, PREDICTORS, SAMPLERS
     from .score import PARAMETERIZATIONS
     from .solvers import METHODS
-    from .train import NET_KINDS, SDE_KINDS
+    from .training import NET_KINDS, SDE_KINDS
 
     p = argparse.ArgumentParser(prog="scoresde", description="Continuous-time score-based generative models: "
                                 "train, sample, evaluate bits/dim, or run the end-to-end demo.")
@@ -245,7 +245,7 @@ def _device(text: str):
 
 
 def _load_model(path: Path, use_ema: bool, device):
-    from .train import CHECKPOINT_NAME, load_model
+    from .training import CHECKPOINT_NAME, load_model
 
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -381,7 +381,7 @@ def _draw(model, sde, shape, sampler: str, n: int, seed: int, device, eps=None, 
 # Commands.
 # ---------------------------------------------------------------------------------------------
 def _cmd_train(args) -> int:
-    from .train import TrainConfig, TrainingDiverged, train
+    from .training import TrainConfig, TrainingDiverged, train
 
     base: Dict[str, Any] = {}
     if args.config is not None:
@@ -540,7 +540,7 @@ _DEMO = dict(
 def _cmd_demo(args) -> int:
     import torch
 
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
 
     device = _device(args.device)
     torch.set_num_threads(args.threads)

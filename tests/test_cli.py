@@ -133,7 +133,7 @@ def test_sample_from_a_run_folder_with_raw_weights(toy_run, tmp_path, capsys):
 
 def test_sample_refuses_the_discrete_ddpm_chain_for_a_ve_model(tmp_path, capsys):
     from scoresde.data import load_toy
-    from scoresde.train import TrainConfig, train
+    from scoresde.training import TrainConfig, train
 
     cfg = TrainConfig(dataset="two_moons", sde="ve", steps=2, batch_size=8, hidden=8, depth=1, emb_dim=4,
                       out_dir=str(tmp_path / "ve"), device="cpu")
@@ -168,7 +168,7 @@ def test_nll_round_trip_continuous(toy_run, tmp_path, capsys):
     # the same number computed here from the EMA weights: -log p / (D ln 2) with D = 2 and no offset
     from scoresde.data import load_dataset
     from scoresde.likelihood import log_likelihood
-    from scoresde.train import load_model
+    from scoresde.training import load_model
 
     model, cfg, _ = load_model(toy_run / "checkpoint_last.pt", use_ema=True)
     x = load_dataset(cfg.dataset).test[:12]

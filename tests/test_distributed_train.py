@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 def _setup(tmp: str, out_dir: str):
     from scoresde.data import load_toy
-    from scoresde.train import TrainConfig
+    from scoresde.training import TrainConfig
 
     ds = load_toy("mixture_2d", n_train=300, n_test=8, seed=1)
     # 300 // 16 = 18 steps per epoch: 24 steps cross an epoch boundary; checkpoints at 8, 16, 24
@@ -52,7 +52,7 @@ def _worker(rank: int, tmp: str, port: int) -> None:
         os.environ["GLOO_SOCKET_IFNAME"] = iface  # connections between the ranks stay on 127.0.0.1
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    from scoresde.train import train
+    from scoresde.training import train
 
     # rank 1 is pointed at its own folder: it must never be created (only rank 0 writes)
     cfg, ds = _setup(tmp, os.path.join(tmp, "run" if rank == 0 else "rank1_run"))
@@ -66,7 +66,7 @@ def _worker(rank: int, tmp: str, port: int) -> None:
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     import torch.multiprocessing as mp
 
-    from scoresde.train import load_checkpoint, train
+    from scoresde.training import load_checkpoint, train
 
     ctx = mp.start_processes(_worker, args=(str(tmp_path), _free_port()), nprocs=WORLD, start_method="spawn",
                              join=False)

@@ -14,7 +14,7 @@ import torch
 from scoresde.data import load_toy
 from scoresde.losses import dsm_loss
 from scoresde.nets import GaussianFourierEmbedding, SinusoidalEmbedding
-from scoresde.train import (
+from scoresde.training import (
     CHECKPOINT_NAME,
     TrainConfig,
     TrainingDiverged,
@@ -322,3 +322,35 @@ def test_cuda_training_runs_learns_and_resumes(tmp_path, toy, bf16):
         train(short, dataset=toy, progress=False)
         extended = train(short.replace(steps=200), dataset=toy, progress=False, resume=True)
         _assert_same_state(full.model, extended.model)
+
+
+def test_old_module_path_works_for_one_release_with_a_warning():
+    """``scoresde.train`` was a module; it is now the package ``scoresde.training``. The old imports
+    keep working with a DeprecationWarning, and ``scoresde.train`` stays callable (run in a fresh
+    interpreter: importing the old path rebinds the package attribute)."""
+    import subprocess
+    import sys
+
+    code = """
+import warnings
+import scoresde
+import scoresde.training as T
+assert scoresde.train is T.train
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    from scoresde.train import TrainConfig, load_model
+assert TrainConfig is T.TrainConfig and load_model is T.load_model
+msgs = [str(x.message) for x in w if issubclass(x.category, DeprecationWarning)]
+assert len(msgs) == 2 and "import TrainConfig from scoresde.training" in msgs[0], msgs
+assert callable(scoresde.train)
+import sys
+try:
+    sys.modules["scoresde.train"].no_such_name
+except AttributeError as e:
+    assert "moved to scoresde.training" in str(e), e
+else:
+    raise AssertionError
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
