@@ -1,11 +1,14 @@
 """Small shared helpers: per-sample broadcasting and input validation.
 
-Nothing here is public API; modules import what they need by name.
+The validators (:func:`check_int`, :func:`check_number`, :func:`check_choice`,
+:func:`check_probability`, :func:`check_eps`) are the one place each check is written; every one
+returns the checked value and raises a ``ValueError`` that names the argument, the allowed values
+and what was given. Nothing here is public API; modules import what they need by name.
 """
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Any, Sequence, Union
 
 import torch
 
@@ -75,6 +78,50 @@ def as_time(t: TimeLike, x: torch.Tensor, T: float, *, name: str = "t", lo: floa
             "pass times in that interval"
         )
     return t
+
+
+def check_int(name: str, v: Any, lo: int = 1) -> int:
+    """``v`` must be an ``int`` (not a ``bool``) with ``v >= lo``; returns it."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        kind = " (a positive int)" if lo == 1 else ""
+        raise ValueError(f"{name} must be an int >= {lo}{kind}, got {v!r}")
+    return v
+
+
+def check_number(name: str, v: Any, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
+                 hi_open: bool = False) -> float:
+    """``v`` must be a finite real number (not a ``bool``) in the interval from ``lo`` to ``hi``,
+    each end closed unless ``*_open``; returns it as a float."""
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        left = "(" if lo_open or lo == -math.inf else "["
+        right = ")" if hi_open or hi == math.inf else "]"
+        raise ValueError(f"{name} must be a finite number in {left}{lo:g}, {hi:g}{right}, got {v!r}")
+    return float(v)
+
+
+def check_probability(name: str, p: Any, *, hi_open: bool = False) -> float:
+    """``p`` must be a probability: a number in ``[0, 1]`` (``[0, 1)`` with ``hi_open``)."""
+    return check_number(name, p, 0.0, 1.0, hi_open=hi_open)
+
+
+def check_choice(name: str, v: Any, options: Sequence[Any]) -> Any:
+    """``v`` must be one of ``options``; returns it."""
+    if isinstance(v, bool) or v not in options:
+        raise ValueError(f"unknown {name} {v!r}; choose one of {', '.join(str(o) for o in options)}")
+    return v
+
+
+def check_eps(eps: Any, T: float, *, name: str = "eps") -> float:
+    """A time truncation ``eps`` must be a finite number in the open interval ``(0, T)``."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
+        raise ValueError(f"{name} must be a finite number in (0, T={T}), got {eps!r}")
+    eps = float(eps)
+    if not 0.0 < eps < T:
+        raise ValueError(f"{name}={eps:g} must lie in (0, T={T}): the time truncation must be positive "
+                         "(the score blows up at t = 0) and below T (typical: 1e-5)")
+    return eps
 
 
 def check_positive(**params: float) -> None:

@@ -158,7 +158,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
         xs = state[0]
         with torch.enable_grad():
             xg = xs.detach().requires_grad_(True)
-            drift = rsde._sde(xg, t)[0]
+            drift = rsde.sde_unchecked(xg, t)[0]
             div = divergence(drift, xg, probes)
         return drift.detach(), div.detach().to(accumulator_dtype)
 
@@ -167,7 +167,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
         res = solve_ode(field, y0, eps, sde.T, method=backend, rtol=rtol, atol=atol, steps=steps,
                         max_steps=max_steps, progress=progress)
         z, delta = res.y
-        prior = sde._prior_logp(z.to(accumulator_dtype))
+        prior = sde.prior_logp_unchecked(z.to(accumulator_dtype))
     status = res.status.detach().cpu().long()
     ok = (status == 0).to(delta.device)
     logp = torch.where(ok, prior + delta, torch.full_like(delta, float("nan")))

@@ -36,7 +36,7 @@ with the SDE's own numerically careful :meth:`~scoresde.sde.SDE.log_snr_inverse`
   followed by the schedule's ``inverse_integral`` (``LinearBeta``: a cancellation-free quadratic root);
 * sub-VP: ``g^2/s^2 = beta (1 + e^{-B}) / (1 - e^{-B}) = beta coth(B/2)``,
   ``-lambda_snr = B + 2 log(1 - e^{-B}) = 2 log(2 sinh(B/2))``, inverted in closed form
-  (``SubVPSDE._log_snr_inverse``, with ``log1p``); no table;
+  (``SubVPSDE.log_snr_inverse_unchecked``, with ``log1p``); no table;
 * VE (``s = sigma(t) = sigma_min (sigma_max/sigma_min)^{t/T}``): ``g^2/s^2 = d log sigma^2 / dt =
   2 log(sigma_max/sigma_min) / T`` is constant, so ``q`` is uniform on ``[eps, T]`` (uniform in ``log sigma``).
 
@@ -88,14 +88,14 @@ def _choice(name: str, value, options) -> str:
 
 def _g2_over_s2(sde: SDE, t: torch.Tensor) -> torch.Tensor:
     """``g(t)^2 / s(t)^2``, shape ``(B,)``."""
-    g = sde._sde(torch.zeros_like(t), t)[1]
-    s = sde._coeffs(t)[1]
+    g = sde.sde_unchecked(torch.zeros_like(t), t)[1]
+    s = sde.coeffs_unchecked(t)[1]
     return (g / s) ** 2
 
 
 def _snr_range(sde: SDE, eps: float) -> tuple[float, float]:
     """``(lambda_snr(eps), Z = lambda_snr(eps) - lambda_snr(T))`` in float64 (host scalars)."""
-    lam = sde._log_snr(torch.tensor([eps, sde.T], dtype=torch.float64))
+    lam = sde.log_snr_unchecked(torch.tensor([eps, sde.T], dtype=torch.float64))
     lam_eps, lam_T = float(lam[0]), float(lam[1])
     return lam_eps, lam_eps - lam_T
 
@@ -136,7 +136,7 @@ def sample_importance_time(sde: SDE, n: int, eps: float = 1e-5, generator: Optio
 
 def _importance_from_uniform(sde: SDE, u: torch.Tensor, eps: float) -> torch.Tensor:
     lam_eps, Z = _snr_range(sde, eps)
-    t = sde._log_snr_inverse(lam_eps - u * Z)
+    t = sde.log_snr_inverse_unchecked(lam_eps - u * Z)
     return t.clamp(eps, sde.T)
 
 
@@ -148,8 +148,8 @@ def loss_weight(sde: SDE, t: torch.Tensor, weighting: str = "sigma2") -> torch.T
     _check_sde(sde)
     _choice("weighting", weighting, WEIGHTINGS)
     if weighting == "sigma2":
-        return sde._coeffs(t)[1] ** 2
-    return sde._sde(torch.zeros_like(t), t)[1] ** 2
+        return sde.coeffs_unchecked(t)[1] ** 2
+    return sde.sde_unchecked(torch.zeros_like(t), t)[1] ** 2
 
 
 def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma2",
@@ -222,7 +222,7 @@ def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, w
     elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
         raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}")
 
-    m, s = sde._coeffs(t)
+    m, s = sde.coeffs_unchecked(t)
     xt = append_dims(m, x0.ndim) * x0 + append_dims(s, x0.ndim) * noise
 
     if isinstance(model, ScoreModel):

@@ -57,7 +57,7 @@ class ScoreModel(nn.Module):
         net: a module called as ``net(x, t_net)`` with ``x`` of shape ``(B, *dims)`` and ``t_net``
             of shape ``(B,)``, returning a tensor shaped like ``x`` (e.g. :class:`scoresde.nets.MLPScoreNet`,
             :class:`scoresde.nets.UNet`).
-        sde: the forward SDE, which gives ``m(t), s(t)`` through ``sde._coeffs``.
+        sde: the forward SDE, which gives ``m(t), s(t)`` through ``sde.coeffs_unchecked``.
         parameterization: ``"eps"``, ``"score"``, ``"x0"`` or ``"v"`` (module docstring).
         time_input: what the network sees as time (:meth:`net_time`):
 
@@ -137,8 +137,8 @@ class ScoreModel(nn.Module):
         if ti == "scaled_t":
             return t * (self.time_scale / self.sde.T)
         if ti == "log_sigma":
-            return torch.log(self.sde._coeffs(t)[1])
-        return self.sde._log_snr(t)  # "log_snr"
+            return torch.log(self.sde.coeffs_unchecked(t)[1])
+        return self.sde.log_snr_unchecked(t)  # "log_snr"
 
     # -- network ---------------------------------------------------------------------------------
     def net_output(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
@@ -155,8 +155,8 @@ class ScoreModel(nn.Module):
         """The score ``grad_x log p_t(x)`` (same as :meth:`score`), so the model itself is a ``score_fn``."""
         return self.score(x, t)
 
-    def _coeffs(self, t: torch.Tensor, ndim: int):
-        m, s = self.sde._coeffs(t)
+    def _broadcast_coeffs(self, t: torch.Tensor, ndim: int):
+        m, s = self.sde.coeffs_unchecked(t)
         return append_dims(m, ndim), append_dims(s, ndim)
 
     def _eps_from(self, out, x, m, s):
@@ -193,7 +193,7 @@ class ScoreModel(nn.Module):
     def score(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """``grad_x log p_t(x)`` as the model estimates it; shaped like ``x``."""
         out = self.net_output(x, t)
-        m, s = self._coeffs(self._time(t, x), x.ndim)
+        m, s = self._broadcast_coeffs(self._time(t, x), x.ndim)
         return self._score_from(out, x, m, s)
 
     def score_fn(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
@@ -203,13 +203,13 @@ class ScoreModel(nn.Module):
     def eps(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """Noise estimate ``eps_hat = E[z | x_t = x] = -s(t) score``; shaped like ``x``."""
         out = self.net_output(x, t)
-        m, s = self._coeffs(self._time(t, x), x.ndim)
+        m, s = self._broadcast_coeffs(self._time(t, x), x.ndim)
         return self._eps_from(out, x, m, s)
 
     def denoise(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """Data estimate ``x0_hat = E[x_0 | x_t = x] = (x + s^2 score) / m`` (Tweedie); shaped like ``x``."""
         out = self.net_output(x, t)
-        m, s = self._coeffs(self._time(t, x), x.ndim)
+        m, s = self._broadcast_coeffs(self._time(t, x), x.ndim)
         return self._x0_from(out, x, m, s)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: TimeLike) -> torch.Tensor:
@@ -218,7 +218,7 @@ class ScoreModel(nn.Module):
         check_x(x0, "x0")
         if not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
             raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}")
-        m, s = self._coeffs(self._time(t, x0), x0.ndim)
+        m, s = self._broadcast_coeffs(self._time(t, x0), x0.ndim)
         p = self.parameterization
         if p == "eps":
             return noise
@@ -233,7 +233,7 @@ class ScoreModel(nn.Module):
         """``k(t)`` with ``eps_hat - noise = k(t) (out - target)``, shape ``(B,)``:
         ``1`` (eps), ``-s`` (score), ``-m/s`` (x0), ``m/r`` (v). Equivalently
         ``s (score + noise / s) = -k(t) (out - target)``."""
-        m, s = self.sde._coeffs(t)
+        m, s = self.sde.coeffs_unchecked(t)
         p = self.parameterization
         if p == "eps":
             return torch.ones_like(s)

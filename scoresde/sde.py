@@ -6,10 +6,13 @@ closed form, its prior at ``T``, its log-SNR ``lambda(t) = log(m^2 / s^2)`` and 
 and the discrete chain it turns into (DDPM for VP, SMLD for VE).
 
 Public methods validate their input (shape, device, finite, ``t`` in ``[0, T]``) and raise a
-``ValueError`` that says what to change. The underscored twins (``_sde``, ``_marginal_prob``,
-``_coeffs``, ``_discretize``) skip the checks: samplers and solvers call them in their inner
-loops, where a check would cost a host synchronisation, and where adaptive solvers may legally
-probe a time slightly outside ``[0, T]``.
+``ValueError`` that says what to change. Each has an ``*_unchecked`` twin (``sde_unchecked``,
+``marginal_prob_unchecked``, ``coeffs_unchecked``, ``discretize_unchecked``, ``prior_logp_unchecked``,
+``log_mean_coeff_unchecked``, ``log_snr_unchecked``, ``log_snr_inverse_unchecked``) that skips the
+checks: samplers, solvers and the likelihood call them in their inner loops, where a check would
+cost a host synchronisation, and where adaptive solvers may legally probe a time slightly outside
+``[0, T]``. The twins take a ``(B,)`` time tensor on the data's device and trust it. (Their old
+underscored names, ``_coeffs``, ``_sde``, ..., work for one release with a ``DeprecationWarning``.)
 
 Reference: Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), "Score-Based Generative
 Modeling through Stochastic Differential Equations", ICLR (Sections 3.4, Appendix B).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -132,7 +136,7 @@ class CosineBeta(BetaSchedule):
 class SDE(abc.ABC):
     """A forward SDE ``dx = f(x, t) dt + g(t) dW`` on ``t in [0, T]`` with Gaussian transitions.
 
-    Subclasses implement :meth:`_coeffs` (``m(t)``, ``s(t)``), :meth:`_sde`, the prior, and the
+    Subclasses implement :meth:`coeffs_unchecked` (``m(t)``, ``s(t)``), :meth:`sde_unchecked`, the prior, and the
     log-SNR pair; everything else follows.
     """
 
@@ -146,23 +150,25 @@ class SDE(abc.ABC):
         self.T = float(T)
         self._tables: dict = {}
 
-    # -- internal, unchecked ---------------------------------------------------------------
+    # -- hot path, unchecked: for loops that have checked their inputs once -------------------
     @abc.abstractmethod
-    def _coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample ``(m(t), s(t))``, each ``(B,)``, no validation."""
+    def coeffs_unchecked(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample ``(m(t), s(t))``, each ``(B,)``. Skips every check (see :meth:`coeffs`)."""
 
     @abc.abstractmethod
-    def _sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(drift (B, *dims), diffusion (B,))``, no validation."""
+    def sde_unchecked(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(drift (B, *dims), diffusion (B,))``. Skips every check (see :meth:`sde`)."""
 
-    def _marginal_prob(self, x0, t):
-        m, s = self._coeffs(t)
+    def marginal_prob_unchecked(self, x0, t):
+        """``(m(t) x0, s(t))``. Skips every check (see :meth:`marginal_prob`)."""
+        m, s = self.coeffs_unchecked(t)
         return append_dims(m, x0.ndim) * x0, s
 
-    def _discretize(self, x, t):
-        """Euler-Maruyama step of size ``dt = T / N``: ``f = drift dt``, ``G = g sqrt(dt)``."""
+    def discretize_unchecked(self, x, t):
+        """Euler-Maruyama step of size ``dt = T / N``: ``f = drift dt``, ``G = g sqrt(dt)``. Skips
+        every check (see :meth:`discretize`)."""
         dt = self.T / self.N
-        drift, diffusion = self._sde(x, t)
+        drift, diffusion = self.sde_unchecked(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
 
     def _table(self, name: str, device, dtype) -> torch.Tensor:
@@ -175,40 +181,44 @@ class SDE(abc.ABC):
     def sde(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift ``f(x, t)`` shaped like ``x`` and diffusion ``g(t)`` of shape ``(B,)``."""
         check_x(x)
-        return self._sde(x, as_time(t, x, self.T))
+        return self.sde_unchecked(x, as_time(t, x, self.T))
 
     def marginal_prob(self, x0: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``m(t) x0`` (shaped like ``x0``) and std ``s(t)`` (shape ``(B,)``) of ``p_{0t}(x(t) | x0)``."""
         check_x(x0, "x0")
-        return self._marginal_prob(x0, as_time(t, x0, self.T))
+        return self.marginal_prob_unchecked(x0, as_time(t, x0, self.T))
 
     def discretize(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the discrete chain at time ``t``: ``x_next = x + f + G z`` with ``G`` of shape ``(B,)``."""
         check_x(x)
-        return self._discretize(x, as_time(t, x, self.T))
+        return self.discretize_unchecked(x, as_time(t, x, self.T))
+
+    def coeffs(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m(t), s(t))`` of the marginal ``x(t) | x(0) ~ N(m x(0), s^2 I)``, each of shape ``(B,)``."""
+        return self.coeffs_unchecked(self._time_vector(t))
 
     def mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
         """``m(t)``, shape ``(B,)``."""
-        return self._coeffs(self._time_vector(t))[0]
+        return self.coeffs_unchecked(self._time_vector(t))[0]
 
     def marginal_std(self, t: torch.Tensor) -> torch.Tensor:
         """``s(t)``, shape ``(B,)``."""
-        return self._coeffs(self._time_vector(t))[1]
+        return self.coeffs_unchecked(self._time_vector(t))[1]
 
     def log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
         """``log m(t)``, shape ``(B,)``."""
-        return self._log_mean_coeff(self._time_vector(t))
+        return self.log_mean_coeff_unchecked(self._time_vector(t))
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """``lambda(t) = log(m(t)^2 / s(t)^2)``, decreasing in ``t``."""
-        return self._log_snr(self._time_vector(t))
+        return self.log_snr_unchecked(self._time_vector(t))
 
     def log_snr_inverse(self, lam: torch.Tensor) -> torch.Tensor:
         """The time ``t`` with ``lambda(t) = lam`` (for ``lam`` in the range of ``lambda`` on (0, T])."""
         lam = torch.as_tensor(lam, dtype=torch.get_default_dtype()) if not isinstance(lam, torch.Tensor) else lam
         if not bool(torch.isfinite(lam).all()):
             raise ValueError("log-SNR values must be finite")
-        return self._log_snr_inverse(lam)
+        return self.log_snr_inverse_unchecked(lam)
 
     def _time_vector(self, t: TimeLike) -> torch.Tensor:
         if not isinstance(t, torch.Tensor):
@@ -221,13 +231,16 @@ class SDE(abc.ABC):
         return as_time(t, probe, self.T)
 
     @abc.abstractmethod
-    def _log_mean_coeff(self, t): ...
+    def log_mean_coeff_unchecked(self, t):
+        """``log m(t)``, ``(B,)``. Skips every check (see :meth:`log_mean_coeff`)."""
 
     @abc.abstractmethod
-    def _log_snr(self, t): ...
+    def log_snr_unchecked(self, t):
+        """``log(m^2 / s^2)``, ``(B,)``. Skips every check (see :meth:`log_snr`)."""
 
     @abc.abstractmethod
-    def _log_snr_inverse(self, lam): ...
+    def log_snr_inverse_unchecked(self, lam):
+        """The time of log-SNR ``lam``. Skips every check (see :meth:`log_snr_inverse`)."""
 
     # -- prior -------------------------------------------------------------------------------
     @property
@@ -251,9 +264,10 @@ class SDE(abc.ABC):
         """Log-density of the prior at ``z`` in nats, per sample: shape ``(B,)``."""
         check_x(z, "z")
         check_finite(z, "z")
-        return self._prior_logp(z)
+        return self.prior_logp_unchecked(z)
 
-    def _prior_logp(self, z):
+    def prior_logp_unchecked(self, z):
+        """``log p_T(z)`` in nats, ``(B,)``. Skips every check (see :meth:`prior_logp`)."""
         d = z[0].numel()
         var = self.prior_std**2
         return -0.5 * d * math.log(2.0 * math.pi * var) - batch_sum(z * z) / (2.0 * var)
@@ -295,21 +309,21 @@ class ReverseSDE:
             raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
         return score
 
-    def _sde(self, x, t):
-        drift, diffusion = self.forward._sde(x, t)
+    def sde_unchecked(self, x, t):
+        drift, diffusion = self.forward.sde_unchecked(x, t)
         return self._combine(drift, diffusion, self._score(x, t))
 
-    def _discretize(self, x, t):
-        f, G = self.forward._discretize(x, t)
+    def discretize_unchecked(self, x, t):
+        f, G = self.forward.discretize_unchecked(x, t)
         return self._combine(f, G, self._score(x, t))
 
     def sde(self, x: torch.Tensor, t: TimeLike):
         check_x(x)
-        return self._sde(x, as_time(t, x, self.T))
+        return self.sde_unchecked(x, as_time(t, x, self.T))
 
     def discretize(self, x: torch.Tensor, t: TimeLike):
         check_x(x)
-        return self._discretize(x, as_time(t, x, self.T))
+        return self.discretize_unchecked(x, as_time(t, x, self.T))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +359,7 @@ class _VPFamily(SDE):
     def beta_max(self):
         return getattr(self.schedule, "beta_max", None)
 
-    def _log_mean_coeff(self, t):
+    def log_mean_coeff_unchecked(self, t):
         return -0.5 * self.schedule.integral(t)
 
     def beta(self, t: TimeLike) -> torch.Tensor:
@@ -362,6 +376,11 @@ class _VPFamily(SDE):
     def _discrete_index(self, t):
         """DDPM step index of time ``t``: step ``i`` ends at ``t_i = (i + 1) / N`` (nearest, clamped)."""
         return (torch.round(t * self.N) - 1).clamp(0, self.N - 1).long()
+
+    def ddpm_alpha_unchecked(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``alpha_i = 1 - beta_i`` of the DDPM step that contains ``t``, ``(B,)`` on ``like``'s device
+        in its dtype (the Langevin corrector's step size uses it). Skips every check."""
+        return 1.0 - self._table("betas", like.device, like.dtype)[self._discrete_index(t)]
 
     @property
     def prior_std(self) -> float:
@@ -382,24 +401,24 @@ class VPSDE(_VPFamily):
 
     discrete_chain = "ddpm"
 
-    def _coeffs(self, t):
+    def coeffs_unchecked(self, t):
         b = self.schedule.integral(t)
         return torch.exp(-0.5 * b), torch.sqrt(-torch.expm1(-b))
 
-    def _sde(self, x, t):
+    def sde_unchecked(self, x, t):
         beta = self.schedule.beta(t)
         return -0.5 * append_dims(beta, x.ndim) * x, torch.sqrt(beta)
 
-    def _discretize(self, x, t):
+    def discretize_unchecked(self, x, t):
         """DDPM step: ``f = sqrt(1 - beta_i) x - x``, ``G = sqrt(beta_i)``, ``i`` the step ending nearest ``t``."""
         beta = self._table("betas", x.device, x.dtype)[self._discrete_index(t)]
         f = append_dims(torch.sqrt(1.0 - beta), x.ndim) * x - x
         return f, torch.sqrt(beta)
 
-    def _log_snr(self, t):
+    def log_snr_unchecked(self, t):
         return -log_expm1(self.schedule.integral(t))
 
-    def _log_snr_inverse(self, lam):
+    def log_snr_inverse_unchecked(self, lam):
         # lambda = -log(e^B - 1)  =>  B = log(1 + e^{-lambda}) = softplus(-lambda)
         return self.schedule.inverse_integral(torch.nn.functional.softplus(-lam))
 
@@ -419,20 +438,20 @@ class SubVPSDE(_VPFamily):
     ``m(t) = exp(-B/2)``, ``s(t) = 1 - exp(-B)`` (so ``s(t)^2`` is below the VP variance);
     prior ``N(0, I)``. Its :meth:`discretize` is Euler-Maruyama with ``dt = T/N``."""
 
-    def _coeffs(self, t):
+    def coeffs_unchecked(self, t):
         b = self.schedule.integral(t)
         return torch.exp(-0.5 * b), -torch.expm1(-b)
 
-    def _sde(self, x, t):
+    def sde_unchecked(self, x, t):
         beta = self.schedule.beta(t)
         b = self.schedule.integral(t)
         return -0.5 * append_dims(beta, x.ndim) * x, torch.sqrt(beta * -torch.expm1(-2.0 * b))
 
-    def _log_snr(self, t):
+    def log_snr_unchecked(self, t):
         b = self.schedule.integral(t)
         return -b - 2.0 * torch.log(-torch.expm1(-b))
 
-    def _log_snr_inverse(self, lam):
+    def log_snr_inverse_unchecked(self, lam):
         # r = e^lambda = u / (1 - u)^2 with u = e^{-B}: the root in (0, 1) is 2r / (2r + 1 + sqrt(4r + 1)),
         # so B = -log u = log1p(w) with w = 1/u - 1 = (1 + sqrt(4r + 1)) / (2r)
         # = e^{-lambda/2} (e^{-lambda/2} / 2 + sqrt(1 + e^{-lambda} / 4)). Taking log1p(w) instead of
@@ -473,11 +492,11 @@ class VESDE(SDE):
     def _sigma(self, t):
         return self.sigma_min * torch.exp(t / self.T * self._log_ratio)
 
-    def _coeffs(self, t):
+    def coeffs_unchecked(self, t):
         sigma = self._sigma(t)
         return torch.ones_like(sigma), sigma
 
-    def _sde(self, x, t):
+    def sde_unchecked(self, x, t):
         g = self._sigma(t) * math.sqrt(2.0 * self._log_ratio / self.T)
         return torch.zeros_like(x), g
 
@@ -496,7 +515,7 @@ class VESDE(SDE):
         """SMLD level of time ``t``: level ``i`` sits at ``t_i = i T / (N - 1)`` (nearest, clamped)."""
         return torch.round(t / self.T * (self.N - 1)).clamp(0, self.N - 1).long()
 
-    def _discretize(self, x, t):
+    def discretize_unchecked(self, x, t):
         """SMLD step: ``f = 0``, ``G = sqrt(sigma_i^2 - sigma_{i-1}^2)`` (``sigma_{-1} = 0``)."""
         sigmas = self._table("sigmas", x.device, x.dtype)
         i = self._discrete_index(t)
@@ -504,13 +523,13 @@ class VESDE(SDE):
         prev = torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp(min=0)])
         return torch.zeros_like(x), torch.sqrt(sigma * sigma - prev * prev)
 
-    def _log_mean_coeff(self, t):
+    def log_mean_coeff_unchecked(self, t):
         return torch.zeros_like(t)
 
-    def _log_snr(self, t):
+    def log_snr_unchecked(self, t):
         return -2.0 * torch.log(self._sigma(t))
 
-    def _log_snr_inverse(self, lam):
+    def log_snr_inverse_unchecked(self, lam):
         return (-0.5 * lam - math.log(self.sigma_min)) / self._log_ratio * self.T
 
     @property
@@ -519,3 +538,24 @@ class VESDE(SDE):
 
     def __repr__(self):
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, N={self.N}, T={self.T})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The old underscored names of the unchecked twins, kept for one release.
+# ---------------------------------------------------------------------------------------------
+def _deprecated_twin(new: str):
+    def method(self, *args, **kwargs):
+        warnings.warn(f"{type(self).__name__}._{new[:-len('_unchecked')]} is deprecated and will be removed in the next "
+                      f"release; call {new} (the same method under its public name)", DeprecationWarning, stacklevel=2)
+        return getattr(self, new)(*args, **kwargs)
+
+    method.__name__ = "_" + new[:-len("_unchecked")]
+    method.__doc__ = f"Deprecated name of :meth:`{new}`."
+    return method
+
+
+for _cls, _names in ((SDE, ("coeffs", "sde", "marginal_prob", "discretize", "prior_logp", "log_mean_coeff", "log_snr",
+                            "log_snr_inverse")), (ReverseSDE, ("sde", "discretize"))):
+    for _n in _names:
+        setattr(_cls, "_" + _n, _deprecated_twin(_n + "_unchecked"))
+del _cls, _names, _n

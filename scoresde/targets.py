@@ -252,14 +252,14 @@ class GaussianMixture:
         check_x(x)
         xf = self._flatten(x)
         tt = as_time(t, x, sde.T)
-        m, s = sde._coeffs(tt)
+        m, s = sde.coeffs_unchecked(tt)
         return self._log_prob_flat(xf, m, s)
 
     def score(self, x: torch.Tensor, t: TimeLike, sde) -> torch.Tensor:
         """Exact ``grad_x log p_t(x)`` shaped like ``x`` (checked version of :meth:`score_fn`)."""
         check_x(x)
         xf = self._flatten(x)
-        m, s = sde._coeffs(as_time(t, x, sde.T))
+        m, s = sde.coeffs_unchecked(as_time(t, x, sde.T))
         return self._score_flat(xf, m, s).reshape(x.shape)
 
     def score_fn(self, sde) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -272,7 +272,7 @@ class GaussianMixture:
         synchronisation and no check of ``t`` (solvers may probe slightly outside ``[0, T]``);
         only the shape of ``x`` is checked, with Python ints.
         """
-        coeffs = sde._coeffs
+        coeffs = sde.coeffs_unchecked
 
         def score(x: torch.Tensor, t) -> torch.Tensor:
             xf = self._flatten(x)
@@ -294,7 +294,7 @@ class GaussianMixture:
                 raise ValueError(f"marginal needs a single time, got a tensor of shape {tuple(t.shape)}")
             t = float(t)
         probe = torch.empty((1,), dtype=torch.float64)
-        m, s = sde._coeffs(as_time(t, probe, sde.T))
+        m, s = sde.coeffs_unchecked(as_time(t, probe, sde.T))
         m, s = m[0], s[0]
         sd = torch.sqrt(m * m * self._sd * self._sd + s * s)
         return GaussianMixture(self._w, m * self._mu, sd)
@@ -309,7 +309,7 @@ class GaussianMixture:
         else:
             if sde is None:
                 raise ValueError("pass the sde together with t (or neither, for the data distribution)")
-            m, s = sde._coeffs(as_time(t, x, sde.T))
+            m, s = sde.coeffs_unchecked(as_time(t, x, sde.T))
         joint, _ = self._components(xf, m, s)
         return torch.softmax(joint, dim=1)
 

@@ -127,7 +127,7 @@ def eps_score_fn(net: nn.Module, sde: VPSDE):
     """``score(x, t) = -net(x, t) / s(t)`` (the eps parameterisation; Ho et al. 2020, Song et al. 2021)."""
 
     def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        std = sde._coeffs(t.to(x.dtype))[1]
+        std = sde.coeffs_unchecked(t.to(x.dtype))[1]
         return -net(x, t) / std.reshape((-1,) + (1,) * (x.ndim - 1))
 
     return score
@@ -155,7 +155,7 @@ def train_dsm(net: nn.Module, sde: VPSDE, data: torch.Tensor, steps: int, seed: 
         x0 = data[idx]
         t = 1e-5 + (sde.T - 1e-5) * torch.rand(batch, generator=g, device=data.device)
         z = torch.randn(x0.shape, generator=g, device=data.device)
-        m, s = sde._coeffs(t)
+        m, s = sde.coeffs_unchecked(t)
         xt = m.reshape(-1, 1, 1, 1) * x0 + s.reshape(-1, 1, 1, 1) * z
         loss = ((net(xt, t) - z) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -203,7 +203,7 @@ def forward_vjp(score_fn, sde: VPSDE, x: torch.Tensor, t: torch.Tensor, probe: t
     rsde = sde.reverse(score_fn, probability_flow=True)
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
-        drift = rsde._sde(xg, t)[0]
+        drift = rsde.sde_unchecked(xg, t)[0]
         (vjp,) = torch.autograd.grad(drift, xg, grad_outputs=probe)
     return drift.detach(), (vjp * probe).reshape(x.shape[0], -1).sum(1).double()
 
@@ -256,10 +256,10 @@ def original_likelihood(score_fn, sde: VPSDE, x: torch.Tensor, *, rtol: float, a
     def ode_func(t: float, v: np.ndarray) -> np.ndarray:
         xs = torch.from_numpy(v[:-B].reshape(shape)).to(dev).to(torch.float32)
         vec_t = torch.ones(B, device=dev) * t
-        drift = rsde._sde(xs, vec_t)[0]
+        drift = rsde.sde_unchecked(xs, vec_t)[0]
         with torch.enable_grad():
             xg = xs.requires_grad_(True)
-            (vjp,) = torch.autograd.grad((rsde._sde(xg, vec_t)[0] * probe).sum(), xg)
+            (vjp,) = torch.autograd.grad((rsde.sde_unchecked(xg, vec_t)[0] * probe).sum(), xg)
         div = (vjp * probe).reshape(B, -1).sum(1)
         return np.concatenate([drift.detach().cpu().numpy().reshape(-1), div.detach().cpu().numpy().reshape(-1)])
 
@@ -268,7 +268,7 @@ def original_likelihood(score_fn, sde: VPSDE, x: torch.Tensor, *, rtol: float, a
         sol = solve_ivp(ode_func, (eps, sde.T), init, rtol=rtol, atol=atol, method="RK45")
         zp = sol.y[:, -1]
         z = torch.from_numpy(zp[:-B].reshape(shape)).to(torch.float32)
-        logp = sde._prior_logp(z.double()) + torch.from_numpy(zp[-B:].copy())
+        logp = sde.prior_logp_unchecked(z.double()) + torch.from_numpy(zp[-B:].copy())
     status = torch.full((B,), 0 if sol.success and np.isfinite(zp).all() else 1, dtype=torch.long)
     return SimpleNamespace(logp=logp, nfe=torch.full((B,), sol.nfev, dtype=torch.long), total_nfe=sol.nfev,
                            status=status)

@@ -60,15 +60,15 @@ def likelihood_in(variable: str, score_fn, sde, x, *, rtol: float, seed: int, ep
     shape = (-1,) + (1,) * (x.ndim - 1)
 
     def to_u(t: float) -> float:
-        lam = sde._log_snr(torch.tensor([t], dtype=torch.float64)).item()
+        lam = sde.log_snr_unchecked(torch.tensor([t], dtype=torch.float64)).item()
         return -lam / 2 if variable == "log_sigma_bar" else math.exp(-lam / 2)
 
     def field(u, state):
         xb = state[0]
         lam = -2.0 * (u.double() if variable == "log_sigma_bar" else torch.log(u.double()))
-        t = sde._log_snr_inverse(lam).to(xb.dtype)
-        m = sde._log_mean_coeff(t).exp().reshape(shape)
-        sb = torch.exp(-0.5 * sde._log_snr(t)).reshape(shape)
+        t = sde.log_snr_inverse_unchecked(lam).to(xb.dtype)
+        m = sde.log_mean_coeff_unchecked(t).exp().reshape(shape)
+        sb = torch.exp(-0.5 * sde.log_snr_unchecked(t)).reshape(shape)
         with torch.enable_grad():
             xg = xb.detach().requires_grad_(True)
             d = -sb * m * score_fn(m * xg, t)
@@ -77,13 +77,13 @@ def likelihood_in(variable: str, score_fn, sde, x, *, rtol: float, seed: int, ep
             div = divergence(d, xg, probes)
         return d.detach(), div.detach().double()
 
-    lm0 = sde._log_mean_coeff(torch.tensor(eps, dtype=torch.float64)).item()
-    lm1 = sde._log_mean_coeff(torch.tensor(sde.T, dtype=torch.float64)).item()
+    lm0 = sde.log_mean_coeff_unchecked(torch.tensor(eps, dtype=torch.float64)).item()
+    lm1 = sde.log_mean_coeff_unchecked(torch.tensor(sde.T, dtype=torch.float64)).item()
     with torch.no_grad():
         res = solve_ode(field, (x / math.exp(lm0), torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)),
                         to_u(eps), to_u(sde.T), rtol=rtol, atol=rtol, max_steps=max_steps)
         zb, delta = res.y
-        prior = sde._prior_logp((zb * math.exp(lm1)).double())
+        prior = sde.prior_logp_unchecked((zb * math.exp(lm1)).double())
     logp = prior + delta + D * (lm1 - lm0)
     return torch.where(res.status == 0, logp, torch.full_like(logp, float("nan"))).cpu(), res.total_nfe
 

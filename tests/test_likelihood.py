@@ -69,7 +69,7 @@ def test_hutchinson_divergence_is_unbiased():
     rsde = sde.reverse(mix.score_fn(sde), probability_flow=True)
     x = mix.sample(4, generator=gen(3), dtype=torch.float64).requires_grad_(True)
     t = torch.full((4,), 0.3, dtype=torch.float64)
-    drift = rsde._sde(x, t)[0]
+    drift = rsde.sde_unchecked(x, t)[0]
     exact = divergence(drift, x, None, retain_graph=True)
     for kind in ("rademacher", "gaussian"):
         probes = draw_probes(kind, 4000, x.detach(), gen(4))
@@ -77,7 +77,7 @@ def test_hutchinson_divergence_is_unbiased():
         mean, se = single.mean(0), single.std(0) / math.sqrt(single.shape[0])
         assert bool(((mean - exact).abs() < 4 * se + 1e-12).all()), (kind, mean, exact, se)
     # The exact trace equals the trace of the full Jacobian computed by autograd.
-    jac = torch.autograd.functional.jacobian(lambda y: rsde._sde(y, t)[0].sum(0), x.detach())
+    jac = torch.autograd.functional.jacobian(lambda y: rsde.sde_unchecked(y, t)[0].sum(0), x.detach())
     assert torch.allclose(exact, torch.einsum("ibi->b", jac), rtol=1e-10, atol=1e-10)
 
 

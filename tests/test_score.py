@@ -40,7 +40,7 @@ def gen(seed):
 
 
 def coeffs(sde, t):
-    m, s = sde._coeffs(t)
+    m, s = sde.coeffs_unchecked(t)
     return m[:, None], s[:, None]
 
 

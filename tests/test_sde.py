@@ -584,3 +584,27 @@ def test_custom_schedule_without_a_name_attribute():
     mean, std = sde.marginal_prob(torch.ones(3, 2), 0.5)  # m = exp(-B/2) = exp(-1/2) at t = 0.5
     assert torch.allclose(mean, torch.full((3, 2), math.exp(-0.5)))
     assert torch.allclose(std, torch.full((3,), math.sqrt(1 - math.exp(-1.0))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Public names of the unchecked twins (and the old underscored ones, one more release)
+# ---------------------------------------------------------------------------------------------
+def test_unchecked_twins_equal_the_checked_methods_and_old_names_warn():
+    import warnings
+
+    x, t = torch.randn(4, 3, dtype=torch.float64), torch.linspace(0.1, 0.9, 4, dtype=torch.float64)
+    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+        mean, std = sde.marginal_prob(x, t)
+        m, s = sde.coeffs(t)
+        torch.testing.assert_close(sde.coeffs_unchecked(t)[1], std, rtol=0, atol=0)
+        torch.testing.assert_close(mean, m[:, None] * x, rtol=0, atol=0)
+        assert torch.equal(sde.sde_unchecked(x, t)[0], sde.sde(x, t)[0])
+        assert torch.equal(sde.prior_logp_unchecked(x), sde.prior_logp(x))
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            assert torch.equal(sde._coeffs(t)[1], std)
+            assert torch.equal(sde._log_snr(t), sde.log_snr(t))
+        assert [issubclass(c.category, DeprecationWarning) for c in w] == [True, True]
+        assert "call coeffs_unchecked" in str(w[0].message)
+    with pytest.raises(ValueError, match="outside"):
+        VPSDE().coeffs(torch.tensor([1.5]))

@@ -232,10 +232,10 @@ class _TorchSDE(torch.nn.Module):
 
     # the unchecked twin is the documented inner-loop API (the public sde() is tested elsewhere)
     def f(self, t, y):
-        return self.sde._sde(y, t.to(y.dtype).expand(y.shape[0]))[0]
+        return self.sde.sde_unchecked(y, t.to(y.dtype).expand(y.shape[0]))[0]
 
     def g(self, t, y):
-        return self.sde._sde(y, t.to(y.dtype).expand(y.shape[0]))[1][:, None].expand_as(y)
+        return self.sde.sde_unchecked(y, t.to(y.dtype).expand(y.shape[0]))[1][:, None].expand_as(y)
 
 
 

@@ -278,9 +278,9 @@ def simulate_forward(mix, sde, t_end, n, seed):
         t0 = torch.full((n,), i * dt, dtype=torch.float64)
         t1 = torch.full((n,), (i + 1) * dt, dtype=torch.float64)
         dw = math.sqrt(dt) * torch.randn(x.shape, generator=g, dtype=torch.float64)
-        f0, g0 = sde._sde(x, t0)
+        f0, g0 = sde.sde_unchecked(x, t0)
         xp = x + f0 * dt + g0[:, None] * dw
-        f1, g1 = sde._sde(xp, t1)
+        f1, g1 = sde.sde_unchecked(xp, t1)
         x = x + 0.5 * (f0 + f1) * dt + 0.5 * (g0 + g1)[:, None] * dw
     return x
 
@@ -582,7 +582,7 @@ def test_cuda_score_fn_without_host_sync_matches_cpu():
     torch.cuda.set_sync_debug_mode("error")
     try:
         out = f(xc, tc)
-        lp = mix._log_prob_flat(xc, *sde._coeffs(tc))
+        lp = mix._log_prob_flat(xc, *sde.coeffs_unchecked(tc))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-10, atol=1e-10)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .._utils import append_dims, check_finite
 from ..scorefn import CheckedScore
-from ..sde import SDE, VESDE, _VPFamily
+from ..sde import SDE, VESDE
 from .result import SampleResult
 
 Callback = Optional[Callable[[dict], None]]
@@ -90,7 +90,7 @@ def time_vec(t: float, x: torch.Tensor) -> torch.Tensor:
 def tweedie_denoise(score: CheckedScore, sde: SDE, x: torch.Tensor, eps: float) -> torch.Tensor:
     """Tweedie's formula at ``eps``: ``E[x0 | x_eps] = (x + s^2 score) / m`` (Efron 2011; for VE ``m = 1``)."""
     t = time_vec(eps, x)
-    m, s = sde._coeffs(t)
+    m, s = sde.coeffs_unchecked(t)
     return (x + append_dims(s * s, x.ndim) * score(x, t)) / append_dims(m, x.ndim)
 
 
@@ -113,6 +113,6 @@ def finish(name: str, x: torch.Tensor, nfe_per_sample: int, total_nfe: int, eps:
 
 def discrete_alpha(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``alpha_i = 1 - beta_i`` of the DDPM step at ``t`` for the VP family, else ones (used by Langevin)."""
-    if isinstance(sde, _VPFamily):
-        return 1.0 - sde._table("betas", x.device, x.dtype)[sde._discrete_index(t)]
+    if hasattr(sde, "ddpm_alpha_unchecked"):
+        return sde.ddpm_alpha_unchecked(t, x)
     return torch.ones_like(t)

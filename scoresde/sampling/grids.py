@@ -110,7 +110,7 @@ def lambdas(sde: SDE, times: Sequence[float]) -> list[float]:
 
 def coeffs(sde: SDE, times: Sequence[float]) -> tuple[list[float], list[float]]:
     """``(m(t), s(t))`` at each time, as host floats (float64)."""
-    m, s = sde._coeffs(torch.tensor(list(times), dtype=torch.float64))
+    m, s = sde.coeffs_unchecked(torch.tensor(list(times), dtype=torch.float64))
     return m.tolist(), s.tolist()
 
 

@@ -75,7 +75,7 @@ class ODESampler(Sampler):
         evals = [0]
 
         def field(t, x):
-            drift = rsde._sde(x, t)[0]
+            drift = rsde.sde_unchecked(x, t)[0]
             if callback is not None:  # the solver reuses its stage buffers: hand out copies
                 callback(dict(i=evals[0], t=t.clone(), x=x.clone(), x0_hat=None))
             evals[0] += 1

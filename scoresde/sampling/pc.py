@@ -59,7 +59,7 @@ class EulerMaruyamaPredictor(Predictor):
 
     def update(self, x, k):
         t, dt = self.grid.times[k], self.grid.times[k + 1] - self.grid.times[k]
-        drift, diffusion = self.rsde._sde(x, C.time_vec(t, x))
+        drift, diffusion = self.rsde.sde_unchecked(x, C.time_vec(t, x))
         x_mean = x + drift * dt
         return x_mean + append_dims(diffusion, x.ndim) * (abs(dt) ** 0.5) * self.st.noise(x), x_mean
 
@@ -186,7 +186,7 @@ class AnnealedLangevinCorrector(Corrector):
     name = "annealed_langevin"
 
     def step_size(self, grad, noise, t_vec, alpha, key):
-        std = self.sde._coeffs(t_vec)[1]
+        std = self.sde.coeffs_unchecked(t_vec)[1]
         return 2.0 * alpha * (self.snr * std) ** 2
 
 
