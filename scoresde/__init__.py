@@ -4,6 +4,7 @@ The public API is re-exported here by name; nothing else is public.
 """
 from .data import DATASETS, Dataset, dequantize, iterate_batches, load_cifar10, load_dataset, load_digits, load_mnist, load_toy
 from .discrete import DDPMSchedule, SMLDSchedule
+from .io import atomic_write, atomic_write_with
 from .evaluate import BPDResult, evaluate_bpd
 from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .losses import dsm_loss, importance_density, loss_weight, sample_importance_time
@@ -51,4 +52,6 @@ __all__ = [
     "iterate_batches",
     # two-sample metrics
     "energy_distance", "mmd", "null_distribution", "calibrate_threshold", "moment_errors", "MomentErrors",
+    # files
+    "atomic_write", "atomic_write_with",
 ]

@@ -57,6 +57,7 @@ GROUP_DOCS = {
     "training": ["training.md", "cli.md"],
     "data": ["likelihood.md", "training.md"],
     "two-sample metrics": ["results.md"],
+    "files": ["training.md", "cli.md"],
 }
 
 
