@@ -5,8 +5,7 @@ The public API is re-exported here by name; nothing else is public.
 from .data import DATASETS, Dataset, dequantize, iterate_batches, load_cifar10, load_dataset, load_digits, load_mnist, load_toy
 from .discrete import DDPMSchedule, SMLDSchedule
 from .io import atomic_write, atomic_write_with
-from .evaluate import BPDResult, evaluate_bpd
-from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
+from .likelihood import BPDResult, LikelihoodResult, bits_per_dim, evaluate_bpd, log_likelihood
 from .losses import dsm_loss, importance_density, loss_weight, sample_importance_time
 from .metrics import MomentErrors, calibrate_threshold, energy_distance, mmd, moment_errors, null_distribution
 from .nets import GaussianFourierEmbedding, MLPScoreNet, SinusoidalEmbedding, UNet

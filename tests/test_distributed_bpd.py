@@ -58,7 +58,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         from torch.nn.parallel import DistributedDataParallel
         from torch.utils.data import DataLoader, TensorDataset
 
-        from scoresde.evaluate import evaluate_bpd, grid_values
+        from scoresde.likelihood import evaluate_bpd
+        from scoresde.quantize import grid_values
 
         sde, mix, x = _problem()
         out = {}
@@ -91,7 +92,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def test_two_ranks_match_one_process(tmp_path):
     import torch.multiprocessing as mp
 
-    from scoresde.evaluate import evaluate_bpd
+    from scoresde.likelihood import evaluate_bpd
 
     ctx = mp.start_processes(_worker, args=(str(tmp_path / "pg_init"), str(tmp_path)), nprocs=WORLD,
                              start_method="spawn", join=False)

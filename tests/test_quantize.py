@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from scoresde.data import scale
-from scoresde.evaluate import dequantize_uniform
 from scoresde.quantize import check_on_grid, dequantize, grid_values, to_levels
 
 
@@ -26,7 +25,7 @@ def expected_values(levels, n_levels, lo, hi):
 
 def test_one_implementation_under_every_name():
     import scoresde
-    assert scale is grid_values and dequantize_uniform is dequantize and scoresde.dequantize is dequantize
+    assert scale is grid_values and scoresde.dequantize is dequantize
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +97,7 @@ def test_dequantize_uniform_in_each_cell():
     means = u.reshape(2000, n_levels).mean(0)
     assert np.all(np.abs(means - 0.5) < 5 * math.sqrt(1 / 12 / 2000))
     # the same noise evaluate_bpd adds, for the same generator state
-    y2 = dequantize_uniform(x, n_levels, (lo, hi), torch.Generator().manual_seed(0))
+    y2 = dequantize(x, n_levels, (lo, hi), torch.Generator().manual_seed(0))
     assert torch.equal(y, y2)
     # float32 8-bit data: inside the closed cell (x + u w may round up to the right edge)
     x32 = scale(torch.arange(256).repeat(50), 256)

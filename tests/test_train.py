@@ -339,9 +339,11 @@ assert scoresde.train is T.train
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     from scoresde.train import TrainConfig, load_model
+    from scoresde.evaluate import evaluate_bpd, dequantize_uniform
 assert TrainConfig is T.TrainConfig and load_model is T.load_model
+assert evaluate_bpd is scoresde.evaluate_bpd and dequantize_uniform is scoresde.dequantize
 msgs = [str(x.message) for x in w if issubclass(x.category, DeprecationWarning)]
-assert len(msgs) == 2 and "import TrainConfig from scoresde.training" in msgs[0], msgs
+assert len(msgs) == 4 and "import TrainConfig from scoresde.training" in msgs[0], msgs
 assert callable(scoresde.train)
 import sys
 try:

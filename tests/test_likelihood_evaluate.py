@@ -1,4 +1,4 @@
-"""Dataset bits/dim (`scoresde.evaluate`), checked against the analytic density of a Gaussian-mixture
+"""Dataset bits/dim (`scoresde.likelihood.evaluate`), checked against the analytic density of a Gaussian-mixture
 oracle and against the stated grid, dequantization, repeat and standard-error conventions."""
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import scoresde.evaluate as ev
+import scoresde.likelihood.evaluate as ev
 from scoresde import VPSDE, GaussianMixture, mixture_2d, mixture_nd
-from scoresde.evaluate import BPDResult, dequantize_uniform, evaluate_bpd, grid_values
+from scoresde.likelihood import BPDResult, evaluate_bpd
+from scoresde.quantize import dequantize as dequantize_uniform
+from scoresde.quantize import grid_values
 
 LN2 = math.log(2.0)
 
@@ -41,7 +43,7 @@ def _grid_data(mix, n, n_levels=256, data_range=(-1.0, 1.0), seed=0):
 
 
 class Spy:
-    """Stands in for ``log_likelihood`` inside ``scoresde.evaluate``: records the inputs, delegates."""
+    """Stands in for ``log_likelihood`` inside ``scoresde.likelihood.evaluate``: records the inputs, delegates."""
 
     def __init__(self, monkeypatch):
         self.inputs = []

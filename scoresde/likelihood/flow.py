@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
-from ._utils import check_finite, check_x
-from .scorefn import CheckedScore, ScoreFn
-from .sde import SDE
-from .solvers import METHODS, solve_ode
+from .._utils import check_finite, check_x
+from ..scorefn import CheckedScore, ScoreFn
+from ..sde import SDE
+from ..solvers import METHODS, solve_ode
+from .divergence import TRACES, divergence, draw_probes
 
-TRACES = ("rademacher", "gaussian", "exact")
+__all__ = ["LikelihoodResult", "log_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -64,50 +65,6 @@ class LikelihoodResult:
     @property
     def ok(self) -> torch.Tensor:
         return self.status == 0
-
-
-def draw_probes(kind: str, n_probes: int, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """``n_probes`` probe vectors per sample, shape ``(n_probes, B, *dims)``, on ``x``'s device:
-    Rademacher (+-1 with equal probability) or standard Gaussian. Both have ``E[v v^T] = I``.
-
-    They are drawn sample-major, so the first sample's probes are the same whatever the batch size
-    (a sample's result does not depend on its batch mates for a given seed)."""
-    shape = (x.shape[0], n_probes) + tuple(x.shape[1:])
-    if kind == "rademacher":
-        v = torch.randint(0, 2, shape, generator=generator, device=x.device).to(x.dtype) * 2.0 - 1.0
-    elif kind == "gaussian":
-        v = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
-    else:
-        raise ValueError(f"unknown probe kind {kind!r}; valid: rademacher, gaussian")
-    return v.transpose(0, 1)
-
-
-def divergence(out: torch.Tensor, x: torch.Tensor, probes: Optional[torch.Tensor], *,
-               retain_graph: bool = False) -> torch.Tensor:
-    """Per-sample divergence of ``out = F(x)`` (``x`` requires grad, ``out`` shaped like ``x``), ``(B,)``.
-
-    ``probes=None``: the exact trace, one VJP per dimension from the same graph (for small ``D``).
-    Otherwise the Hutchinson estimate averaged over the probes: ``mean_k v_k . (v_k^T dF/dx)``, one
-    VJP per probe. Assumes ``F`` acts on each sample separately (no coupling across the batch),
-    as a score network without batch statistics does. ``retain_graph=True`` keeps the graph of
-    ``out`` for further use.
-    """
-    batch = x.shape[0]
-    if probes is None:
-        flat = out.reshape(batch, -1)
-        d = flat.shape[1]
-        total = torch.zeros(batch, device=x.device, dtype=out.dtype)
-        for i in range(d):
-            (g,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=retain_graph or i < d - 1)
-            total = total + g.reshape(batch, -1)[:, i]
-        return total
-    total = None
-    n = probes.shape[0]
-    for k in range(n):
-        (g,) = torch.autograd.grad(out, x, grad_outputs=probes[k], retain_graph=retain_graph or k < n - 1)
-        term = (g * probes[k]).reshape(batch, -1).sum(dim=1)
-        total = term if total is None else total + term
-    return total if n == 1 else total / n
 
 
 def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str = "rademacher", n_probes: int = 1,
@@ -176,28 +133,3 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
         status=status, n_accepted=res.n_accepted.cpu(), n_rejected=res.n_rejected.cpu(),
         total_nfe=int(res.total_nfe) if res.total_nfe is not None else score.calls, eps=eps, trace=trace,
         n_probes=n_probes if trace != "exact" else 0, backend=backend, rtol=float(rtol), atol=float(atol))
-
-
-def bits_per_dim(logp, num_dims: int, *, n_levels: int = 256,
-                 data_range: Sequence[float] = (-1.0, 1.0)) -> torch.Tensor:
-    """Bits per dimension of data quantized to ``n_levels`` levels on ``data_range = (lo, hi)``:
-
-        bpd = -logp / (D ln 2) + log2(n_levels / (hi - lo)).
-
-    ``logp`` is the log-density (nats) of the continuous, dequantized data in the model's
-    coordinates; the offset converts that density into the probability of the quantization cell of
-    width ``(hi - lo)/n_levels`` (uniform dequantization gives a lower bound on the discrete
-    log-likelihood, Theis et al. 2016). The original score-SDE code's "+ 7" is this offset for
-    8-bit data on ``[-1, 1]``: ``log2(256 / 2) = 7``; on ``[0, 1]`` it is ``log2(256) = 8``, and
-    ``-logp/(D ln 2)`` differs between the two scalings by exactly ``log2(2) = 1``, so both give
-    the same number. Works on tensors (any shape) or floats.
-    """
-    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
-        raise ValueError(f"num_dims must be a positive int, got {num_dims!r}")
-    if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 2:
-        raise ValueError(f"n_levels must be an int >= 2, got {n_levels!r}")
-    lo, hi = (float(v) for v in data_range)
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ValueError(f"data_range must be (lo, hi) with finite lo < hi, got {tuple(data_range)}")
-    logp = torch.as_tensor(logp, dtype=torch.float64) if not isinstance(logp, torch.Tensor) else logp
-    return -logp / (num_dims * math.log(2.0)) + math.log2(n_levels / (hi - lo))

@@ -1,0 +1,22 @@
+"""Exact likelihood through the probability-flow ODE, in nats and bits per dimension, for a batch
+or a whole test set; one concept per file:
+
+* :mod:`~scoresde.likelihood.divergence`: the divergence estimators (exact trace, Hutchinson with
+  Rademacher or Gaussian probes) and the probes;
+* :mod:`~scoresde.likelihood.flow`: :func:`log_likelihood`, ``log p_eps(x)`` of a batch by the
+  instantaneous change of variables along the probability-flow ODE;
+* :mod:`~scoresde.likelihood.bpd`: :func:`bits_per_dim` and the test-set result :class:`BPDResult`;
+* :mod:`~scoresde.likelihood.evaluate`: :func:`evaluate_bpd`, every sample of a data set with
+  dequantization, repeats, a standard error and the convention;
+* :mod:`~scoresde.likelihood.batches` and :mod:`~scoresde.likelihood.sharding`: reading the test
+  set in order and re-batching it; splitting it across ``torch.distributed`` ranks.
+
+The quantization grid and the dequantization are :mod:`scoresde.quantize`.
+"""
+from .bpd import BPDResult, bits_per_dim
+from .divergence import TRACES, divergence, draw_probes
+from .evaluate import evaluate_bpd
+from .flow import LikelihoodResult, log_likelihood
+
+__all__ = ["log_likelihood", "LikelihoodResult", "bits_per_dim", "evaluate_bpd", "BPDResult", "TRACES",
+           "divergence", "draw_probes"]
