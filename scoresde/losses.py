@@ -54,7 +54,7 @@ from .score import ScoreModel
 from .scorefn import ScoreFn
 from .sde import SDE
 
-__all__ = ["dsm_loss", "importance_density", "sample_importance_time", "loss_weight",
+__all__ = ["dsm_loss", "draw_times", "importance_density", "sample_importance_time", "loss_weight",
            "WEIGHTINGS", "TIME_SAMPLERS", "REDUCTIONS"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
@@ -128,10 +128,29 @@ def sample_importance_time(sde: SDE, n: int, eps: float = 1e-5, generator: Optio
     eps = _check_eps(sde, eps)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
+    t, _ = draw_times(sde, n, "importance", eps, generator=generator, device=device)
+    return t.to(torch.get_default_dtype() if dtype is None else dtype)
+
+
+def draw_times(sde: SDE, n: int, time_sampler: str = "uniform", eps: float = 1e-5, *,
+               generator: Optional[torch.Generator] = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The package's one time sampler: ``n`` training times on ``[eps, T]`` and their importance
+    weights, both ``(n,)`` float64 on ``device`` (default: the generator's device, else the CPU).
+
+    One ``float64`` uniform ``u`` per time is drawn from ``generator``; ``"uniform"`` maps it to
+    ``t = eps + (T - eps) u`` with weight 1, ``"importance"`` to the inverse CDF of
+    :func:`importance_density` with weight ``1 / ((T - eps) q(t))``, so that both estimate
+    ``E_{t ~ U[eps, T]}[...]``. :func:`dsm_loss` and the training loop draw their times here.
+    Unchecked beyond ``time_sampler`` (callers validate ``sde`` and ``eps``).
+    """
+    _choice("time_sampler", time_sampler, TIME_SAMPLERS)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-    return _importance_from_uniform(sde, u, eps).to(torch.get_default_dtype() if dtype is None else dtype)
+    if time_sampler == "uniform":
+        return eps + (sde.T - eps) * u, torch.ones_like(u)
+    t = _importance_from_uniform(sde, u, eps)
+    return t, 1.0 / ((sde.T - eps) * importance_density(sde, t, eps))
 
 
 def _importance_from_uniform(sde: SDE, u: torch.Tensor, eps: float) -> torch.Tensor:
@@ -209,14 +228,9 @@ def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, w
         if not bool((t > 0).all()):
             raise ValueError("fixed times t must be > 0 (the perturbation std vanishes at t = 0 for VP-type SDEs)")
     else:
-        u = torch.rand(B, generator=generator, device=x0.device, dtype=torch.float64)
-        if time_sampler == "uniform":
-            t = (eps + (sde.T - eps) * u).to(x0.dtype)
-        else:
-            t64 = _importance_from_uniform(sde, u, eps)
-            # 1 / ((T - eps) q(t)), evaluated in float64 before the times are rounded to x0's dtype.
-            importance = (1.0 / ((sde.T - eps) * importance_density(sde, t64, eps))).to(x0.dtype)
-            t = t64.to(x0.dtype)
+        t64, w64 = draw_times(sde, B, time_sampler, eps, generator=generator, device=x0.device)
+        t = t64.to(x0.dtype)
+        importance = 1.0 if time_sampler == "uniform" else w64.to(x0.dtype)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:

@@ -300,3 +300,26 @@ def test_bad_inputs():
         sample_importance_time(sde, 10, eps=2.0)
     with pytest.raises(ValueError, match="n must"):
         sample_importance_time(sde, 0)
+
+
+def test_one_time_sampler_for_the_loss_and_the_training_loop():
+    """dsm_loss and the training loop draw their times through draw_times: the same generator state
+    gives the same times (checked through the loss at those times) and the same importance weights."""
+    from scoresde.losses import draw_times, importance_density
+
+    sde = VPSDE()
+    x0 = torch.randn(64, 2, dtype=torch.float64)
+    score = lambda x, t: -x  # noqa: E731
+    for sampler in ("uniform", "importance"):
+        t, w = draw_times(sde, 64, sampler, 1e-3, generator=torch.Generator().manual_seed(5))
+        assert t.dtype == torch.float64 and bool(((t >= 1e-3) & (t <= 1.0)).all())
+        expect_w = torch.ones(64, dtype=torch.float64) if sampler == "uniform" else \
+            1.0 / ((1.0 - 1e-3) * importance_density(sde, t, 1e-3))
+        torch.testing.assert_close(w, expect_w, rtol=0, atol=0)
+        g = torch.Generator().manual_seed(5)
+        drawn = dsm_loss(score, sde, x0, time_sampler=sampler, eps=1e-3, generator=g)
+        g2 = torch.Generator().manual_seed(5)  # replay: the times first, then the noise
+        draw_times(sde, 64, sampler, 1e-3, generator=g2)
+        z = torch.randn(x0.shape, generator=g2, dtype=x0.dtype)
+        fixed = dsm_loss(score, sde, x0, t=t, noise=z, eps=1e-3) * w
+        torch.testing.assert_close(drawn, fixed, rtol=1e-12, atol=0)

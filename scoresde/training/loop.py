@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, load_dataset
 from ..io import atomic_write
-from ..losses import dsm_loss, importance_density, sample_importance_time
+from ..losses import draw_times, dsm_loss
 from ..quantize import dequantize
 from ..score import ScoreModel
 from .builders import build_model, build_sde
@@ -254,14 +254,8 @@ class _Trainer:
         B = x0.shape[0]
         if self.quantized:
             x0 = dequantize(x0, self.dataset.n_levels, self.dataset.data_range, g)
-        if cfg.time_sampler == "uniform":
-            u = torch.rand(B, generator=g, device=x0.device, dtype=torch.float64)
-            t = (cfg.eps + (sde.T - cfg.eps) * u).to(x0.dtype)
-            w = torch.ones(B, device=x0.device, dtype=torch.float32)
-        else:
-            t64 = sample_importance_time(sde, B, cfg.eps, generator=g, device=x0.device, dtype=torch.float64)
-            w = (1.0 / ((sde.T - cfg.eps) * importance_density(sde, t64, cfg.eps))).float()
-            t = t64.to(x0.dtype)
+        t64, w64 = draw_times(sde, B, cfg.time_sampler, cfg.eps, generator=g, device=x0.device)
+        t, w = t64.to(x0.dtype), w64.float()
         noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
         return x0, t, noise, w
 
