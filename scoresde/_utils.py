@@ -80,11 +80,13 @@ def as_time(t: TimeLike, x: torch.Tensor, T: float, *, name: str = "t", lo: floa
     return t
 
 
-def check_int(name: str, v: Any, lo: int = 1) -> int:
-    """``v`` must be an ``int`` (not a ``bool``) with ``v >= lo``; returns it."""
+def check_int(name: str, v: Any, lo: int = 1, *, hint: str = "") -> int:
+    """``v`` must be an ``int`` (not a ``bool``) with ``v >= lo``; returns it. ``hint`` (e.g. a
+    typical value) is added to the message."""
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         kind = " (a positive int)" if lo == 1 else ""
-        raise ValueError(f"{name} must be an int >= {lo}{kind}, got {v!r}")
+        hint = f" ({hint})" if hint else ""
+        raise ValueError(f"{name} must be an int >= {lo}{kind}{hint}, got {v!r}")
     return v
 
 
@@ -106,18 +108,23 @@ def check_probability(name: str, p: Any, *, hi_open: bool = False) -> float:
     return check_number(name, p, 0.0, 1.0, hi_open=hi_open)
 
 
-def check_choice(name: str, v: Any, options: Sequence[Any]) -> Any:
-    """``v`` must be one of ``options``; returns it."""
+def check_choice(name: str, v: Any, options: Sequence[Any], *, hint: str = "") -> Any:
+    """``v`` must be one of ``options``; returns it. ``hint`` is appended to the list of valid
+    values in the message (e.g. ``", or a decreasing sequence of times"``)."""
     if isinstance(v, bool) or v not in options:
-        raise ValueError(f"unknown {name} {v!r}; choose one of {', '.join(str(o) for o in options)}")
+        raise ValueError(f"unknown {name} {v!r}; valid: {', '.join(str(o) for o in options)}{hint}")
     return v
 
 
 def check_eps(eps: Any, T: float, *, name: str = "eps") -> float:
     """A time truncation ``eps`` must be a finite number in the open interval ``(0, T)``."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
+    try:
+        value = float(eps) if not isinstance(eps, (bool, str, bytes)) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number in (0, T={T}), got {eps!r}")
-    eps = float(eps)
+    eps = value
     if not 0.0 < eps < T:
         raise ValueError(f"{name}={eps:g} must lie in (0, T={T}): the time truncation must be positive "
                          "(the score blows up at t = 0) and below T (typical: 1e-5)")

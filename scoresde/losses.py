@@ -44,12 +44,11 @@ The uniform draws and the inversion are done in float64 and the times are then c
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import torch
 
-from ._utils import append_dims, as_time, check_finite, check_x
+from ._utils import append_dims, as_time, check_choice, check_eps, check_finite, check_int, check_x
 from .score import ScoreModel
 from .scorefn import ScoreFn
 from .sde import SDE
@@ -68,22 +67,6 @@ REDUCTIONS = ("mean", "sum")
 def _check_sde(sde) -> None:
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE, ...), got {type(sde).__name__}")
-
-
-def _check_eps(sde: SDE, eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
-        raise ValueError(f"eps must be a finite number in (0, T={sde.T}), got {eps!r}")
-    eps = float(eps)
-    if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps={eps:g} must lie in (0, T={sde.T}): the time truncation must be positive "
-                         "(the score blows up at t = 0) and below T (typical: 1e-5)")
-    return eps
-
-
-def _choice(name: str, value, options) -> str:
-    if value not in options:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {options}")
-    return value
 
 
 def _g2_over_s2(sde: SDE, t: torch.Tensor) -> torch.Tensor:
@@ -107,7 +90,7 @@ def importance_density(sde: SDE, t: torch.Tensor, eps: float = 1e-5) -> torch.Te
     """The density ``q(t) = (g(t)^2 / s(t)^2) / Z`` on ``[eps, T]`` (zero outside), ``Z`` its
     normaliser ``lambda_snr(eps) - lambda_snr(T)`` (module docstring). ``t``: ``(B,)``; returns ``(B,)``."""
     _check_sde(sde)
-    eps = _check_eps(sde, eps)
+    eps = check_eps(eps, sde.T)
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
         raise TypeError("t must be a floating-point tensor")
     _, Z = _snr_range(sde, eps)
@@ -125,9 +108,8 @@ def sample_importance_time(sde: SDE, n: int, eps: float = 1e-5, generator: Optio
     float64; the result has ``dtype`` (default torch's default dtype), shape ``(n,)``.
     """
     _check_sde(sde)
-    eps = _check_eps(sde, eps)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    eps = check_eps(eps, sde.T)
+    check_int("n", n)
     t, _ = draw_times(sde, n, "importance", eps, generator=generator, device=device)
     return t.to(torch.get_default_dtype() if dtype is None else dtype)
 
@@ -143,7 +125,7 @@ def draw_times(sde: SDE, n: int, time_sampler: str = "uniform", eps: float = 1e-
     ``E_{t ~ U[eps, T]}[...]``. :func:`dsm_loss` and the training loop draw their times here.
     Unchecked beyond ``time_sampler`` (callers validate ``sde`` and ``eps``).
     """
-    _choice("time_sampler", time_sampler, TIME_SAMPLERS)
+    check_choice("time_sampler", time_sampler, TIME_SAMPLERS)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
@@ -165,7 +147,7 @@ def _importance_from_uniform(sde: SDE, u: torch.Tensor, eps: float) -> torch.Ten
 def loss_weight(sde: SDE, t: torch.Tensor, weighting: str = "sigma2") -> torch.Tensor:
     """``lambda(t)``: ``s(t)^2`` (``"sigma2"``) or ``g(t)^2`` (``"likelihood"``), shape ``(B,)``."""
     _check_sde(sde)
-    _choice("weighting", weighting, WEIGHTINGS)
+    check_choice("weighting", weighting, WEIGHTINGS)
     if weighting == "sigma2":
         return sde.coeffs_unchecked(t)[1] ** 2
     return sde.sde_unchecked(torch.zeros_like(t), t)[1] ** 2
@@ -211,10 +193,10 @@ def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, w
         raise ValueError(f"the ScoreModel was built with {model.sde!r} but the loss got {sde!r}; pass model.sde")
     check_x(x0, "x0")
     check_finite(x0, "x0")
-    _choice("weighting", weighting, WEIGHTINGS)
-    _choice("time_sampler", time_sampler, TIME_SAMPLERS)
-    _choice("reduce", reduce, REDUCTIONS)
-    eps = _check_eps(sde, eps)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("time_sampler", time_sampler, TIME_SAMPLERS)
+    check_choice("reduce", reduce, REDUCTIONS)
+    eps = check_eps(eps, sde.T)
     if generator is not None and generator.device.type != x0.device.type:
         raise ValueError(f"generator is on {generator.device} but x0 is on {x0.device}; "
                          "create the generator on the data's device")

@@ -26,6 +26,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ._utils import check_int
+
 __all__ = [
     "energy_distance",
     "mmd",
@@ -200,10 +202,8 @@ def null_distribution(sample_fn: Callable[..., torch.Tensor], n: int, *,
     drawn from the true distribution: the statistic's null distribution at sample size ``n``.
     Returns a float64 CPU tensor of shape ``(repeats,)``. ``sample_fn`` is e.g. ``mixture.sample``.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2, got {n!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    check_int("n", n, 2)
+    check_int("repeats", repeats)
     vals = []
     for _ in range(repeats):
         x = sample_fn(n, generator=generator)

@@ -34,6 +34,8 @@ from typing import Any, Optional, Sequence, Tuple
 
 import torch
 
+from ._utils import check_int
+
 __all__ = ["GRID_TOL", "grid_cell", "grid_values", "to_levels", "check_on_grid", "dequantize"]
 
 #: A data value is on the grid when it lies within this fraction of a cell width of a grid point.
@@ -45,8 +47,7 @@ _CHUNK = 1 << 22
 
 def grid_cell(n_levels: Any, data_range: Any) -> Tuple[float, float, float]:
     """Check ``n_levels`` and ``data_range``; return ``(lo, hi, w)`` with ``w = (hi - lo) / n_levels``."""
-    if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 2:
-        raise ValueError(f"n_levels must be an int >= 2 (256 for 8-bit data), got {n_levels!r}")
+    check_int("n_levels", n_levels, 2, hint="256 for 8-bit data")
     try:
         lo, hi = (float(v) for v in data_range)
     except (TypeError, ValueError):

@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ._utils import TimeLike, as_time, check_x
+from ._utils import TimeLike, as_time, check_int, check_x
 
 ArrayLike = Union[torch.Tensor, Sequence]  # also numpy arrays
 
@@ -323,8 +323,7 @@ class GaussianMixture:
 
     # -- sampling ------------------------------------------------------------------------------
     def _sample(self, n, generator=None, device=None, dtype=None, shape=None):
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_int("n", n)
         if shape is None:
             shape = (self.dim,)
         else:
@@ -357,8 +356,7 @@ class GaussianMixture:
 # Classic 2-D toy data sets.
 # ---------------------------------------------------------------------------------------------
 def _check_n(n):
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    check_int("n", n)
 
 
 def _rng_kwargs(generator, device, dtype):

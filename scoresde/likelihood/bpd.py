@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .._utils import check_int
 from ..quantize import grid_cell
 
 __all__ = ["bits_per_dim", "BPDResult"]
@@ -34,8 +35,7 @@ def bits_per_dim(logp, num_dims: int, *, n_levels: int = 256,
     ``-logp/(D ln 2)`` differs between the two scalings by exactly ``log2(2) = 1``, so both give
     the same number. Works on tensors (any shape) or floats.
     """
-    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
-        raise ValueError(f"num_dims must be a positive int, got {num_dims!r}")
+    check_int("num_dims", num_dims)
     lo, hi, _ = grid_cell(n_levels, data_range)
     logp = torch.as_tensor(logp, dtype=torch.float64) if not isinstance(logp, torch.Tensor) else logp
     return -logp / (num_dims * math.log(2.0)) + math.log2(n_levels / (hi - lo))

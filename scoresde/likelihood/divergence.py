@@ -11,6 +11,8 @@ from typing import Optional
 
 import torch
 
+from .._utils import check_choice
+
 __all__ = ["TRACES", "draw_probes", "divergence"]
 
 #: The divergence estimators: Hutchinson with Rademacher or Gaussian probes, or the exact trace.
@@ -23,13 +25,12 @@ def draw_probes(kind: str, n_probes: int, x: torch.Tensor, generator: Optional[t
 
     They are drawn sample-major, so the first sample's probes are the same whatever the batch size
     (a sample's result does not depend on its batch mates for a given seed)."""
+    check_choice("probe kind", kind, ("rademacher", "gaussian"))
     shape = (x.shape[0], n_probes) + tuple(x.shape[1:])
     if kind == "rademacher":
         v = torch.randint(0, 2, shape, generator=generator, device=x.device).to(x.dtype) * 2.0 - 1.0
-    elif kind == "gaussian":
-        v = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
     else:
-        raise ValueError(f"unknown probe kind {kind!r}; valid: rademacher, gaussian")
+        v = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
     return v.transpose(0, 1)
 
 

@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Union
 import torch
 from tqdm.auto import tqdm
 
+from .._utils import check_int
 from .. import quantize as Q
 from ..quantize import check_on_grid, grid_cell
 from ..scorefn import ScoreFn
@@ -277,10 +278,8 @@ def _resolve_device(device, score_fn, generator, source: Source) -> torch.device
 
 
 def _check_options(repeats, dequantize, batch_size, n_levels, data_range) -> Tuple[float, float, float]:
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int("repeats", repeats)
+    check_int("batch_size", batch_size)
     if dequantize not in _DEQUANTIZE:
         raise ValueError(f"dequantize must be 'uniform' (quantized data) or None (continuous data), got {dequantize!r}")
     return grid_cell(n_levels, data_range)

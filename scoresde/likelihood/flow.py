@@ -18,13 +18,12 @@ independent of its batch mates.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .._utils import check_finite, check_x
+from .._utils import check_choice, check_eps, check_finite, check_int, check_x
 from ..scorefn import CheckedScore, ScoreFn
 from ..sde import SDE
 from ..solvers import METHODS, solve_ode
@@ -93,17 +92,12 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
     check_finite(x)
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde SDE, got {type(sde).__name__}")
-    if trace not in TRACES:
-        raise ValueError(f"unknown trace estimator {trace!r}; valid: {', '.join(TRACES)}")
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive int, got {n_probes!r}")
+    check_choice("trace estimator", trace, TRACES)
+    check_int("n_probes", n_probes)
     if trace == "exact" and n_probes != 1:
         raise ValueError("n_probes applies to the Hutchinson estimators; the exact trace takes none")
-    eps = float(eps)
-    if not (math.isfinite(eps) and 0.0 < eps < sde.T):
-        raise ValueError(f"eps={eps} must lie in the open interval (0, T={sde.T})")
-    if backend not in METHODS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(METHODS)}")
+    eps = check_eps(eps, sde.T)
+    check_choice("backend", backend, METHODS)
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"the generator is on {generator.device} but x is on {x.device}")
 

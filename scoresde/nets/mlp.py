@@ -6,15 +6,11 @@ import math
 import torch
 from torch import nn
 
+from .._utils import check_int
 from .embedding import make_embedding
 
 __all__ = ["MLPScoreNet"]
 
-
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
 
 
 class MLPScoreNet(nn.Module):
@@ -45,9 +41,9 @@ class MLPScoreNet(nn.Module):
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, embedding: str = "sinusoidal",
                  emb_dim: int = 64, *, max_period: float = 10000.0, fourier_scale: float = 16.0, seed: int = 0):
         super().__init__()
-        self.dim = _positive_int("dim", dim)
-        self.hidden = _positive_int("hidden", hidden)
-        self.depth = _positive_int("depth", depth)
+        self.dim = check_int("dim", dim)
+        self.hidden = check_int("hidden", hidden)
+        self.depth = check_int("depth", depth)
         self.embed = make_embedding(embedding, emb_dim, max_period=max_period, fourier_scale=fourier_scale, seed=seed)
         self.embedding = embedding
         self.time_mlp = nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU())

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import append_dims
+from .._utils import append_dims, check_int, check_probability
 from .embedding import make_embedding
 
 __all__ = ["UNet"]
@@ -90,11 +90,6 @@ class _Up(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _pos_int(name, v, minimum=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-    return v
-
 
 class UNet(nn.Module):
     """DDPM-style U-Net for images; see the module docstring for the architecture.
@@ -129,19 +124,18 @@ class UNet(nn.Module):
                  out_channels: Optional[int] = None, num_heads: int = 1, norm_groups: int = 32,
                  max_period: float = 10000.0, fourier_scale: float = 16.0, seed: int = 0):
         super().__init__()
-        self.in_channels = _pos_int("in_channels", in_channels)
-        self.out_channels = _pos_int("out_channels", in_channels if out_channels is None else out_channels)
-        self.channels = _pos_int("channels", channels)
-        _pos_int("num_res_blocks", num_res_blocks)
-        _pos_int("num_heads", num_heads)
-        _pos_int("norm_groups", norm_groups)
+        self.in_channels = check_int("in_channels", in_channels)
+        self.out_channels = check_int("out_channels", in_channels if out_channels is None else out_channels)
+        self.channels = check_int("channels", channels)
+        check_int("num_res_blocks", num_res_blocks)
+        check_int("num_heads", num_heads)
+        check_int("norm_groups", norm_groups)
         mults = tuple(channel_mults)
         if len(mults) == 0 or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mults):
             raise ValueError(f"channel_mults must be a non-empty sequence of positive ints, got {channel_mults!r}")
         if channels % 2:
             raise ValueError(f"channels must be even (it is also the size of the time embedding), got {channels}")
-        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_probability("dropout", dropout, hi_open=True)
         self.channel_mults = mults
         self.factor = 2 ** (len(mults) - 1)
         if image_size is None:

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .._utils import check_choice
 from ..scorefn import ScoreFn
 from ..sde import SDE
 from .base import Sampler
@@ -56,8 +57,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], *, sampler: str = 
     ``progress`` (a tqdm bar). ``options`` go to the sampler (see each class's docstring); an option
     the sampler does not take is an error.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    check_choice("sampler", sampler, SAMPLERS)
     return SAMPLERS[sampler](score_fn, sde, shape, steps=steps, nfe=nfe, grid=grid, eps=eps, generator=generator,
                              device=device, dtype=dtype, x_T=x_T, denoise=denoise, callback=callback,
                              progress=progress, **options)

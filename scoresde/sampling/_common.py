@@ -2,14 +2,13 @@
 with its output check, the final denoising step and the result."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .._utils import append_dims, check_finite
+from .._utils import append_dims, check_eps, check_finite, check_int
 from ..scorefn import CheckedScore
 from ..sde import SDE, VESDE
 from .result import SampleResult
@@ -25,16 +24,11 @@ def default_eps(sde: SDE) -> float:
 def resolve_eps(sde: SDE, eps: Optional[float]) -> float:
     if eps is None:
         return default_eps(sde)
-    eps = float(eps)
-    if not (math.isfinite(eps) and 0.0 < eps < sde.T):
-        raise ValueError(f"eps={eps} must lie in the open interval (0, T={sde.T})")
-    return eps
+    return check_eps(eps, sde.T)
 
 
 def check_steps(steps: Any, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{name} must be a positive int, got {steps!r}")
-    return steps
+    return check_int(name, steps)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from .._utils import check_choice
 from ..sde import VPSDE
 from . import _common as C
 from .base import Run, Sampler
@@ -55,8 +56,7 @@ class _Chain(Sampler):
     order = 1
 
     def __call__(self, score_fn, sde, shape, *, schedule: str = "continuous", **kw):
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+        check_choice("schedule", schedule, SCHEDULES)
         if schedule == "continuous":
             return super().__call__(score_fn, sde, shape, **kw)
         return self._discrete(score_fn, sde, shape, **kw)
@@ -129,8 +129,7 @@ class DDPM(_Chain):
         return sde.N
 
     def move(self, r, x, x0, e, k, variance: str = "posterior"):
-        if variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
+        check_choice("variance", variance, VARIANCES)
         a, v, post = _transition(r, k)
         s, s2 = r.s[k], r.s[k + 1]
         mean = (r.m[k + 1] * v / (s * s)) * x0 + (a * s2 * s2 / (s * s)) * x

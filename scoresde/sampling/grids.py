@@ -25,6 +25,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .._utils import check_choice, check_int
 from ..sde import SDE
 
 GRIDS = ("uniform", "logsnr", "karras", "quadratic")
@@ -45,10 +46,8 @@ def _times_of_lam(sde: SDE, lam: Sequence[float]) -> list[float]:
 
 def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", *, rho: float = 7.0) -> list[float]:
     """``steps + 1`` descending times from ``sde.T`` to ``eps`` on the named grid (see the module doc)."""
-    if grid not in GRIDS:
-        raise ValueError(f"unknown grid {grid!r}; valid: {', '.join(GRIDS)}, or a decreasing sequence of times")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_choice("grid", grid, GRIDS, hint=", or a decreasing sequence of times")
+    check_int("steps", steps)
     T, K = sde.T, steps
     if grid == "uniform":
         times = [T - k * (T - eps) / K for k in range(K + 1)]

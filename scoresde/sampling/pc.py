@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .._utils import append_dims, batch_sum
+from .._utils import append_dims, batch_sum, check_choice
 from ..sde import SDE, VESDE, VPSDE
 from . import _common as C
 from .base import Sampler
@@ -206,8 +206,7 @@ ORDERS = ("corrector_first", "predictor_first")
 
 
 def _lookup(table: dict, name: str, what: str):
-    if name not in table:
-        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(sorted(table))}")
+    check_choice(what, name, sorted(table))
     return table[name]
 
 
@@ -260,8 +259,7 @@ class PCSampler(Sampler):
             pilot_size: int = 128, pilot_seed: int = 0):
         P = _lookup(PREDICTORS, predictor, "predictor")
         K = _lookup(CORRECTORS, corrector, "corrector")
-        if order not in ORDERS:
-            raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
+        check_choice("order", order, ORDERS)
         C.check_steps(n_corrector_steps, "n_corrector_steps")
         C.check_steps(pilot_size, "pilot_size")
         grid = Grid(r.times, r.m, r.s)

@@ -6,6 +6,7 @@ from typing import Callable, Dict, Optional, Tuple, Type
 
 import torch
 
+from .._utils import check_int
 from .adaptive import Bosh3, Dopri5
 from .base import ODESolver, Problem, SolveOptions
 from .control import StepSizeController
@@ -119,10 +120,8 @@ def solve_ode(
     if cls.needs_steps:
         if steps is None:
             raise ValueError(f"method {method!r} takes fixed steps: pass steps=N (a positive int)")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+        check_int("steps", steps)
+    check_int("max_steps", max_steps)
     if first_step is not None:
         first_step = _finite_float("first_step", first_step)
         if first_step <= 0:
