@@ -27,3 +27,16 @@ def forwarder(old: str, new: str, homes: Sequence[str],
         raise AttributeError(f"module {old!r} has no attribute {name!r} (it moved to {new})")
 
     return __getattr__
+
+
+def deprecated_method(old: str, new: str) -> Callable:
+    """A method named ``old`` that warns and calls the method ``new`` of the same object."""
+
+    def method(self, *args, **kwargs):
+        warnings.warn(f"{type(self).__name__}.{old} is deprecated and will be removed in the next release; "
+                      f"call {new} (the same method under its public name)", DeprecationWarning, stacklevel=2)
+        return getattr(self, new)(*args, **kwargs)
+
+    method.__name__ = old
+    method.__doc__ = f"Deprecated name of :meth:`{new}`."
+    return method

@@ -80,10 +80,16 @@ def as_time(t: TimeLike, x: torch.Tensor, T: float, *, name: str = "t", lo: floa
     return t
 
 
+def is_int(v: Any, lo: int = -2**63) -> bool:
+    """Whether ``v`` is an ``int`` (not a ``bool``) with ``v >= lo``: the predicate behind :func:`check_int`,
+    for checks of sequences and messages of their own."""
+    return not isinstance(v, bool) and isinstance(v, int) and v >= lo
+
+
 def check_int(name: str, v: Any, lo: int = 1, *, hint: str = "") -> int:
     """``v`` must be an ``int`` (not a ``bool``) with ``v >= lo``; returns it. ``hint`` (e.g. a
     typical value) is added to the message."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+    if not is_int(v, lo):
         kind = " (a positive int)" if lo == 1 else ""
         hint = f" ({hint})" if hint else ""
         raise ValueError(f"{name} must be an int >= {lo}{kind}{hint}, got {v!r}")

@@ -20,7 +20,7 @@ from typing import Optional, Union
 
 import torch
 
-from ._utils import append_dims, check_positive, check_x
+from ._utils import append_dims, check_int, check_positive, check_x
 
 IndexLike = Union[int, torch.Tensor]
 
@@ -220,5 +220,4 @@ def cosine_log_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
 
 
 def _check_n(N: int) -> None:
-    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-        raise ValueError(f"N (the number of discrete steps) must be a positive int, got {N!r}")
+    check_int("N (the number of discrete steps)", N)

@@ -98,8 +98,8 @@ def _pair_sum(a: torch.Tensor, b: Optional[torch.Tensor], fn, squared: bool, chu
     if same:
         b = a
     n, m = a.shape[0], b.shape[0]
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size)
     if chunk_size is None:
         # entries held at once per row: m distances, times D differences when broadcasting
         per_row = m * (a.shape[1] if (_direct(a) and a.device.type != "cpu") else 1)

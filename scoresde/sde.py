@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import abc
 import math
-import warnings
 from typing import Optional, Sequence
 
 import torch
 
+from ._deprecated import deprecated_method
 from ._utils import TimeLike, append_dims, as_time, batch_sum, check_finite, check_positive, check_x, log_expm1
 from .discrete import DDPMSchedule, SMLDSchedule, _check_n
 from .schedules import BetaSchedule, CosineBeta, LinearBeta
@@ -442,22 +442,9 @@ class VESDE(SDE):
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, N={self.N}, T={self.T})"
 
 
-# ---------------------------------------------------------------------------------------------
-# The old underscored names of the unchecked twins, kept for one release.
-# ---------------------------------------------------------------------------------------------
-def _deprecated_twin(new: str):
-    def method(self, *args, **kwargs):
-        warnings.warn(f"{type(self).__name__}._{new[:-len('_unchecked')]} is deprecated and will be removed in the next "
-                      f"release; call {new} (the same method under its public name)", DeprecationWarning, stacklevel=2)
-        return getattr(self, new)(*args, **kwargs)
-
-    method.__name__ = "_" + new[:-len("_unchecked")]
-    method.__doc__ = f"Deprecated name of :meth:`{new}`."
-    return method
-
-
+# The old underscored names of the unchecked twins (``_coeffs``, ...) work for one more release.
 for _cls, _names in ((SDE, ("coeffs", "sde", "marginal_prob", "discretize", "prior_logp", "log_mean_coeff", "log_snr",
                             "log_snr_inverse")), (ReverseSDE, ("sde", "discretize"))):
     for _n in _names:
-        setattr(_cls, "_" + _n, _deprecated_twin(_n + "_unchecked"))
+        setattr(_cls, "_" + _n, deprecated_method("_" + _n, _n + "_unchecked"))
 del _cls, _names, _n

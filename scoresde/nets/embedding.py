@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .._utils import is_int
 from torch import nn
 
 __all__ = ["SinusoidalEmbedding", "GaussianFourierEmbedding", "make_embedding", "EMBEDDINGS"]
@@ -25,7 +27,7 @@ EMBEDDINGS = ("sinusoidal", "fourier")
 
 
 def _check_dim(dim) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
+    if not is_int(dim, 2) or dim % 2:
         raise ValueError(f"embedding dim must be an even int >= 2 (half sines, half cosines), got {dim!r}")
     return dim
 
@@ -104,7 +106,7 @@ class GaussianFourierEmbedding(nn.Module):
         self.dim = _check_dim(dim)
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite positive number, got {scale!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if not is_int(seed):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.scale, self.seed = float(scale), seed
         g = torch.Generator().manual_seed(seed)

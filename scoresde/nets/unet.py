@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import append_dims, check_int, check_probability
+from .._utils import append_dims, check_int, check_probability, is_int
 from .embedding import make_embedding
 
 __all__ = ["UNet"]
@@ -131,7 +131,7 @@ class UNet(nn.Module):
         check_int("num_heads", num_heads)
         check_int("norm_groups", norm_groups)
         mults = tuple(channel_mults)
-        if len(mults) == 0 or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mults):
+        if len(mults) == 0 or any(not is_int(m, 1) for m in mults):
             raise ValueError(f"channel_mults must be a non-empty sequence of positive ints, got {channel_mults!r}")
         if channels % 2:
             raise ValueError(f"channels must be even (it is also the size of the time embedding), got {channels}")
@@ -142,7 +142,7 @@ class UNet(nn.Module):
             self.image_size = None
         else:
             hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-            if len(hw) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in hw):
+            if len(hw) != 2 or any(not is_int(v, 1) for v in hw):
                 raise ValueError(f"image_size must be a positive int or a pair (H, W), got {image_size!r}")
             self._check_divisible(hw)
             self.image_size = hw
