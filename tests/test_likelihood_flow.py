@@ -1,5 +1,6 @@
-"""The exact likelihood against the analytic log-density of Gaussian-mixture oracles, the
-Hutchinson estimator against the exact trace, bits/dim conventions, batch invariance, errors."""
+"""scoresde.likelihood.flow: the exact likelihood against the analytic log-density of Gaussian-mixture
+oracles, the Hutchinson log-likelihood against the exact one, batch invariance, errors. (The
+divergence estimators: test_likelihood_divergence.py; bits/dim: test_likelihood_bpd.py.)"""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from scoresde import SubVPSDE, VESDE, VPSDE
-from scoresde.likelihood import bits_per_dim, divergence, draw_probes, log_likelihood
+from scoresde.likelihood import log_likelihood
 from scoresde.targets import GaussianMixture, mixture_2d, mixture_nd
 
 
@@ -61,24 +62,6 @@ def test_the_prior_mismatch_is_what_separates_logp_from_the_truth():
     raw = (res.logp - mix.marginal_log_prob(x, res.eps, sde)).abs()
     assert float(raw.min()) > 1e-2
     assert float(analytic_error(res, mix, sde, x).max()) < 1e-4
-
-
-def test_hutchinson_divergence_is_unbiased():
-    """Over many probes the estimate's mean matches the exact trace within 4 standard errors."""
-    mix, sde = mixture_nd(D=8, K=3), VPSDE()
-    rsde = sde.reverse(mix.score_fn(sde), probability_flow=True)
-    x = mix.sample(4, generator=gen(3), dtype=torch.float64).requires_grad_(True)
-    t = torch.full((4,), 0.3, dtype=torch.float64)
-    drift = rsde.sde_unchecked(x, t)[0]
-    exact = divergence(drift, x, None, retain_graph=True)
-    for kind in ("rademacher", "gaussian"):
-        probes = draw_probes(kind, 4000, x.detach(), gen(4))
-        single = torch.stack([divergence(drift, x, probes[k:k + 1], retain_graph=True) for k in range(0, 4000, 8)])
-        mean, se = single.mean(0), single.std(0) / math.sqrt(single.shape[0])
-        assert bool(((mean - exact).abs() < 4 * se + 1e-12).all()), (kind, mean, exact, se)
-    # The exact trace equals the trace of the full Jacobian computed by autograd.
-    jac = torch.autograd.functional.jacobian(lambda y: rsde.sde_unchecked(y, t)[0].sum(0), x.detach())
-    assert torch.allclose(exact, torch.einsum("ibi->b", jac), rtol=1e-10, atol=1e-10)
 
 
 def test_hutchinson_log_likelihood_is_unbiased_and_probes_average_down():
@@ -157,43 +140,6 @@ def test_a_failing_sample_gets_a_status_and_nan():
     res = log_likelihood(score, sde, x, trace="exact")
     assert res.status.tolist()[2] != 0 and bool(torch.isnan(res.logp[2]))
     assert bool(res.ok[[0, 1, 3]].all()) and bool(torch.isfinite(res.logp[[0, 1, 3]]).all())
-
-
-# ---------------------------------------------------------------------------------------------
-# bits per dimension.
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n_levels", [2, 17, 256])
-@pytest.mark.parametrize("data_range", [(-1.0, 1.0), (0.0, 1.0), (0.0, 255.0)])
-def test_uniform_density_on_the_cells_gives_log2_levels(n_levels, data_range):
-    lo, hi = data_range
-    D = 12
-    logp_uniform = torch.tensor([-D * math.log(hi - lo)], dtype=torch.float64)
-    assert torch.allclose(bits_per_dim(logp_uniform, D, n_levels=n_levels, data_range=data_range),
-                          torch.tensor([math.log2(n_levels)], dtype=torch.float64))
-
-
-def test_zero_one_and_minus_one_one_conventions_agree():
-    """The same model in [0, 1] coordinates and rescaled to [-1, 1] (x' = 2x - 1, density / 2^D)."""
-    D = 64
-    g = gen(15)
-    u = torch.rand(100, D, generator=g, dtype=torch.float64)
-    logp01 = torch.distributions.Normal(0.5, 0.2).log_prob(u).sum(1)
-    logp11 = torch.distributions.Normal(0.0, 0.4).log_prob(2 * u - 1).sum(1)
-    assert torch.allclose(logp11, logp01 - D * math.log(2.0))
-    b01 = bits_per_dim(logp01, D, data_range=(0.0, 1.0))
-    b11 = bits_per_dim(logp11, D, data_range=(-1.0, 1.0))
-    assert torch.allclose(b01, b11)
-    # The original code's "+ 7" for 8-bit data on [-1, 1]:
-    assert torch.allclose(b11, -logp11 / (D * math.log(2)) + 7.0)
-
-
-def test_bits_per_dim_rejects_bad_conventions():
-    with pytest.raises(ValueError, match="num_dims"):
-        bits_per_dim(torch.zeros(1), 0)
-    with pytest.raises(ValueError, match="n_levels"):
-        bits_per_dim(torch.zeros(1), 4, n_levels=1)
-    with pytest.raises(ValueError, match="data_range"):
-        bits_per_dim(torch.zeros(1), 4, data_range=(1.0, -1.0))
 
 
 # ---------------------------------------------------------------------------------------------
