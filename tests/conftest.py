@@ -54,3 +54,11 @@ def assert_mixture_moments(x: torch.Tensor, mix) -> None:
     assert bool((m.component_mean_error <= 5 * se + 0.02).all()), m.component_mean_error
     cov_se = math.sqrt(2.0) * var / torch.sqrt(m.counts.clamp_min(2).double())
     assert bool((m.component_cov_error <= 5 * cov_se + 0.02).all()), m.component_cov_error
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A small 2-D mixture data set for the training tests (512 train, 64 test points)."""
+    from scoresde.data import load_toy
+
+    return load_toy("mixture_2d", n_train=512, n_test=64, seed=3)

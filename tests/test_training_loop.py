@@ -1,94 +1,21 @@
-"""The training loop: warm-up schedule, EMA, atomic checkpoints, bitwise resume, divergence stop,
-configuration, and that training actually learns the score of a Gaussian mixture (checked against
-the mixture's exact score, which minimises the same DSM objective)."""
+"""The training loop (scoresde.training.loop): warm-up schedule, EMA, divergence stop, data checks,
+and that training actually learns the score of a Gaussian mixture (checked against the mixture's
+exact score, which minimises the same DSM objective); and the old module path. (Configuration:
+test_training_config.py; checkpoints and resume: test_training_checkpoint.py.)"""
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 
 import pytest
 import torch
 
 from scoresde.data import load_toy
 from scoresde.losses import dsm_loss
-from scoresde.nets import GaussianFourierEmbedding, SinusoidalEmbedding
-from scoresde.training import (
-    CHECKPOINT_NAME,
-    TrainConfig,
-    TrainingDiverged,
-    build_model,
-    build_sde,
-    load_checkpoint,
-    load_model,
-    train,
-)
+from scoresde.training import CHECKPOINT_NAME, TrainConfig, TrainingDiverged, load_checkpoint, load_model, train
+from _training import _assert_same_state, _cfg, _records
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_toy("mixture_2d", n_train=512, n_test=64, seed=3)
-
-
-def _cfg(tmp_path, name="run", **kw):
-    base = dict(dataset="mixture_2d", steps=12, batch_size=32, hidden=16, depth=2, emb_dim=8, lr=1e-2, warmup=3,
-                ema_decay=0.9, checkpoint_every=4, log_every=2, out_dir=str(tmp_path / name), device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _records(path, kind="train"):
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == kind]
-
-
-def _assert_same_state(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration and builders.
-# ---------------------------------------------------------------------------------------------
-def test_config_json_roundtrip_and_saved_in_run(tmp_path, toy):
-    cfg = _cfg(tmp_path, channel_mults=(1, 2, 2), attn_resolutions=(4,), steps=2)
-    again = TrainConfig.from_json(cfg.to_json())
-    assert again == cfg and isinstance(again.channel_mults, tuple)
-    res = train(cfg, dataset=toy, progress=False)
-    assert TrainConfig.load(res.config_path) == cfg
-    assert TrainConfig.from_dict(load_checkpoint(res.checkpoint)["config"]) == cfg
-
-
-@pytest.mark.parametrize("change, words", [
-    (dict(steps=-3), "steps"), (dict(batch_size=0), "batch_size"), (dict(sde="vpp"), "sde"),
-    (dict(ema_decay=1.0), "ema_decay"), (dict(lr=float("nan")), "lr"), (dict(beta_min=30.0), "beta_min"),
-    (dict(emb_dim=7), "even"), (dict(net="cnn"), "net"),
-])
-def test_config_rejects_impossible_values(change, words):
-    with pytest.raises(ValueError, match=words):
-        TrainConfig(**change)
-
-
-def test_config_from_dict_names_unknown_fields():
-    with pytest.raises(ValueError, match="learning_rate.*valid"):
-        TrainConfig.from_dict({"learning_rate": 1e-3})
-
-
-def test_build_model_embeddings_follow_the_sde():
-    cfg = TrainConfig(hidden=8, depth=1, emb_dim=8)
-    vp = build_model(cfg, (2,))
-    ve = build_model(cfg.replace(sde="ve"), (2,))
-    assert isinstance(vp.net.embed, SinusoidalEmbedding) and vp.time_input == "scaled_t"
-    assert isinstance(ve.net.embed, GaussianFourierEmbedding) and ve.time_input == "log_sigma"
-    assert type(build_sde(cfg.replace(sde="subvp"))).__name__ == "SubVPSDE"
-    with pytest.raises(ValueError, match="net='mlp'"):
-        build_model(cfg.replace(net="unet"), (2,))
-    unet = build_model(cfg.replace(net="unet", channels=8, channel_mults=(1, 2)), (1, 8, 8))
-    assert unet(torch.zeros(3, 1, 8, 8), torch.full((3,), 0.5)).shape == (3, 1, 8, 8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,99 +52,6 @@ def test_ema_is_the_exponential_average_of_the_iterates(tmp_path, toy):
     assert (seen[8][0] - seen[8][1]).abs().max() > 1e-3  # the average lags the iterates
     torch.testing.assert_close(torch.cat([p.double().reshape(-1) for p in res.ema_model.parameters()]), e,
                                rtol=1e-5, atol=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints and resume.
-# ---------------------------------------------------------------------------------------------
-def _tmp_files(folder):
-    return [f for f in os.listdir(folder) if f.endswith(".tmp")]
-
-
-@pytest.mark.parametrize("where", ["torch.save", "os.replace"])
-def test_failed_checkpoint_write_keeps_the_old_checkpoint(tmp_path, toy, monkeypatch, where):
-    cfg = _cfg(tmp_path, steps=4)
-    train(cfg, dataset=toy, progress=False)
-    ckpt = tmp_path / "run" / CHECKPOINT_NAME
-    before = ckpt.read_bytes()
-
-    if where == "torch.save":
-        def broken(obj, f, *a, **k):
-            f.write(b"PK\x03\x04 half a checkpoint")
-            raise OSError("disk full (simulated)")
-        monkeypatch.setattr(torch, "save", broken)
-    else:
-        real = os.replace
-
-        def broken(src, dst, *a, **k):
-            if str(dst).endswith(".pt"):
-                raise OSError("crash before the rename (simulated)")
-            return real(src, dst, *a, **k)
-        monkeypatch.setattr(os, "replace", broken)
-    with pytest.raises(OSError, match="simulated"):
-        train(cfg.replace(steps=8), dataset=toy, progress=False)
-    monkeypatch.undo()
-    assert ckpt.read_bytes() == before
-    assert load_checkpoint(ckpt)["step"] == 4
-    assert _tmp_files(tmp_path / "run") == []
-
-
-def test_resume_is_bitwise_identical(tmp_path, toy):
-    cfg = _cfg(tmp_path, "full", eval_every=1)
-    full = train(cfg, dataset=toy, progress=False)
-
-    # (a) killed by an exception at step 6: the last checkpoint is step 4
-    def kill(step, model, ema, cfg):
-        if step == 6:
-            raise KeyboardInterrupt
-
-    cut = cfg.replace(out_dir=str(tmp_path / "cut"))
-    with pytest.raises(KeyboardInterrupt):
-        train(cut, dataset=toy, hooks=[kill], progress=False)
-    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)["step"] == 4
-    resumed = train(cut, dataset=toy, progress=False)
-    assert resumed.resumed_from == 4 and resumed.step == 12
-
-    # (b) stopped by the step limit at 6 (not a checkpoint multiple), then extended to 12
-    short = cfg.replace(out_dir=str(tmp_path / "short"), steps=6)
-    train(short, dataset=toy, progress=False)
-    extended = train(short.replace(steps=12), dataset=toy, progress=False, resume=True)
-    assert extended.resumed_from == 6
-
-    for other in (resumed, extended):
-        _assert_same_state(full.model, other.model)
-        _assert_same_state(full.ema_model, other.ema_model)
-    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
-    for k, v in a["optimizer"]["state"].items():
-        for name in v:
-            assert torch.equal(v[name], b["optimizer"]["state"][k][name])
-    assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
-    # the metrics log of the resumed run has the same train records (times aside)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
-    assert strip(_records(full.metrics_path)) == strip(_records(resumed.metrics_path))
-
-
-def test_resume_refuses_a_changed_configuration(tmp_path, toy):
-    cfg = _cfg(tmp_path, steps=4)
-    train(cfg, dataset=toy, progress=False)
-    with pytest.raises(ValueError, match=r"lr: 0\.01 -> 0\.02"):
-        train(cfg.replace(lr=0.02, steps=8), dataset=toy, progress=False)
-    with pytest.raises(FileExistsError, match="already holds a run"):
-        train(cfg, dataset=toy, progress=False, resume=False)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        train(cfg.replace(out_dir=str(tmp_path / "empty")), dataset=toy, progress=False, resume=True)
-    # nothing left to do: the checkpoint is returned as it is
-    again = train(cfg, dataset=toy, progress=False)
-    assert again.resumed_from == 4 and again.step == 4
-
-
-def test_keep_checkpoints_keeps_each_step(tmp_path, toy):
-    cfg = _cfg(tmp_path, steps=8, keep_checkpoints=True)
-    train(cfg, dataset=toy, progress=False)
-    run = tmp_path / "run"
-    assert load_checkpoint(run / "checkpoint_00000004.pt")["step"] == 4
-    assert load_checkpoint(run / "checkpoint_00000008.pt")["step"] == 8
-    assert load_checkpoint(run / CHECKPOINT_NAME)["step"] == 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +156,8 @@ def test_cuda_training_runs_learns_and_resumes(tmp_path, toy, bf16):
         train(short, dataset=toy, progress=False)
         extended = train(short.replace(steps=200), dataset=toy, progress=False, resume=True)
         _assert_same_state(full.model, extended.model)
+
+
 
 
 def test_old_module_path_works_for_one_release_with_a_warning():

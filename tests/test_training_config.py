@@ -1,0 +1,52 @@
+"""scoresde.training.config and .builders: the configuration's JSON round trip and checks, and the
+models the builders make."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scoresde.nets import GaussianFourierEmbedding, SinusoidalEmbedding
+from scoresde.training import TrainConfig, build_model, build_sde, load_checkpoint, train
+from _training import _cfg
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and builders.
+# ---------------------------------------------------------------------------------------------
+def test_config_json_roundtrip_and_saved_in_run(tmp_path, toy):
+    cfg = _cfg(tmp_path, channel_mults=(1, 2, 2), attn_resolutions=(4,), steps=2)
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg and isinstance(again.channel_mults, tuple)
+    res = train(cfg, dataset=toy, progress=False)
+    assert TrainConfig.load(res.config_path) == cfg
+    assert TrainConfig.from_dict(load_checkpoint(res.checkpoint)["config"]) == cfg
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(steps=-3), "steps"), (dict(batch_size=0), "batch_size"), (dict(sde="vpp"), "sde"),
+    (dict(ema_decay=1.0), "ema_decay"), (dict(lr=float("nan")), "lr"), (dict(beta_min=30.0), "beta_min"),
+    (dict(emb_dim=7), "even"), (dict(net="cnn"), "net"),
+])
+def test_config_rejects_impossible_values(change, words):
+    with pytest.raises(ValueError, match=words):
+        TrainConfig(**change)
+
+
+def test_config_from_dict_names_unknown_fields():
+    with pytest.raises(ValueError, match="learning_rate.*valid"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+
+
+def test_build_model_embeddings_follow_the_sde():
+    cfg = TrainConfig(hidden=8, depth=1, emb_dim=8)
+    vp = build_model(cfg, (2,))
+    ve = build_model(cfg.replace(sde="ve"), (2,))
+    assert isinstance(vp.net.embed, SinusoidalEmbedding) and vp.time_input == "scaled_t"
+    assert isinstance(ve.net.embed, GaussianFourierEmbedding) and ve.time_input == "log_sigma"
+    assert type(build_sde(cfg.replace(sde="subvp"))).__name__ == "SubVPSDE"
+    with pytest.raises(ValueError, match="net='mlp'"):
+        build_model(cfg.replace(net="unet"), (2,))
+    unet = build_model(cfg.replace(net="unet", channels=8, channel_mults=(1, 2)), (1, 8, 8))
+    assert unet(torch.zeros(3, 1, 8, 8), torch.full((3,), 0.5)).shape == (3, 1, 8, 8)
