@@ -123,6 +123,31 @@ def test_sample_writes_tensor_and_scatter(toy_run, tmp_path, capsys, sampler, ex
         assert (saved["nfe"] == int(extra[1])).all()
 
 
+@pytest.mark.parametrize("sampler, extra, nfe, info", [
+    ("pc", ["--steps", "4", "--order", "predictor_first", "--step-size-norm", "batch"], 4 * 2 + 1,
+     dict(order="predictor_first", step_size_norm="batch")),
+    ("heun_edm", ["--steps", "4", "--no-final-euler"], 2 * 4 + 1, {}),  # 2 K, no saved last evaluation, + denoise
+    ("heun_edm", ["--steps", "4"], 2 * 4 - 1 + 1, {}),
+    ("dpmpp_2m", ["--steps", "4", "--lower-order-final"], 4 + 1, {}),
+])
+def test_sample_options_beyond_the_common_ones(toy_run, tmp_path, capsys, sampler, extra, nfe, info):
+    """Every option of a sampler's option_names is a flag (generated from the registry)."""
+    code, out, err = _run(["sample", "--checkpoint", str(toy_run), "--sampler", sampler, "--n", "4",
+                           "--out", str(tmp_path), "--no-progress"] + extra, capsys)
+    assert code == 0, err
+    saved = torch.load(tmp_path / f"samples_{sampler}.pt", weights_only=False)
+    assert (saved["nfe"] == nfe).all()
+    assert {k: saved["info"][k] for k in info} == info
+
+
+def test_sample_option_of_the_wrong_kind_is_a_usage_error(toy_run, capsys):
+    code, out, err = _run(["sample", "--checkpoint", str(toy_run), "--sampler", "unipc", "--order",
+                           "predictor_first"], capsys)
+    assert code == 2 and "order must be 1, 2 or 3" in err and "Traceback" not in err
+    code, out, err = _run(["sample", "--checkpoint", str(toy_run), "--sampler", "pc", "--order", "x"], capsys)
+    assert code == 2 and "--order: expected a positive integer" in err and "predictor_first" in err
+
+
 def test_sample_from_a_run_folder_with_raw_weights(toy_run, tmp_path, capsys):
     code, out, err = _run(["sample", "--checkpoint", str(toy_run), "--sampler", "ddim", "--steps", "5", "--n", "4",
                            "--out", str(tmp_path), "--no-ema", "--no-progress"], capsys)

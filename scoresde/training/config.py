@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
+from .._utils import check_choice, check_int, check_number, is_int
 from ..data import DATASETS
 from ..io import atomic_write
 from ..losses import TIME_SAMPLERS, WEIGHTINGS
@@ -24,26 +24,10 @@ RESUMABLE = ("steps", "out_dir", "device", "data_root", "eval_every", "checkpoin
               "keep_checkpoints", "bf16", "compile")
 
 
-def _int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return v
-
-
-def _num(name: str, v: Any, lo: float, *, lo_open: bool = False, hi: Optional[float] = None,
-         hi_open: bool = False) -> float:
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-    ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
-    if not ok:
-        rng = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}' + (')' if hi_open else ']')}"
-        raise ValueError(f"{name} must be a finite number in {rng}, got {v!r}")
-    return float(v)
-
-
-def _choice(name: str, v: Any, options: Sequence[str]) -> str:
-    if v not in options:
-        raise ValueError(f"unknown {name} {v!r}; choose one of {', '.join(options)}")
-    return v
+def _field(default: Any, doc: str) -> Any:
+    """A field with its documentation: ``metadata["help"]`` is the one-line description the
+    ``scoresde train`` command shows for the flag generated from the field."""
+    return dataclasses.field(default=default, metadata={"help": doc})
 
 
 @dataclass
@@ -77,44 +61,46 @@ class TrainConfig:
     ``compile`` (``torch.compile`` of the objective, CUDA only).
     """
 
-    dataset: str = "digits"
-    data_root: Optional[str] = None
-    dequantize: bool = True
-    sde: str = "vp"
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    sigma_min: float = 0.01
-    sigma_max: float = 50.0
-    sde_N: int = 1000
-    net: str = "mlp"
-    hidden: int = 128
-    depth: int = 3
-    emb_dim: int = 64
-    channels: int = 32
-    channel_mults: Tuple[int, ...] = (1, 2)
-    num_res_blocks: int = 1
-    attn_resolutions: Tuple[int, ...] = ()
-    dropout: float = 0.0
-    parameterization: str = "eps"
-    weighting: str = "sigma2"
-    time_sampler: str = "uniform"
-    eps: float = 1e-5
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    eval_every: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: bool = False
-    log_every: int = 25
-    out_dir: str = "runs/train"
-    device: str = "auto"
-    bf16: bool = False
-    compile: bool = False
+    dataset: str = _field("digits", "data set, one of scoresde.data.DATASETS")
+    data_root: Optional[str] = _field(None, "folder (or archive) with the MNIST / CIFAR-10 files; required for those")
+    dequantize: bool = _field(True, "uniform dequantization (U(0, w) noise) of quantized training data, the density "
+                                    "that bits/dim evaluates; ignored for continuous data")
+    sde: str = _field("vp", "forward SDE")
+    beta_min: float = _field(0.1, "VP / sub-VP: smallest noise rate beta(0); Song et al. 2021 use 0.1")
+    beta_max: float = _field(20.0, "VP / sub-VP: largest noise rate beta(1); Song et al. 2021 use 20")
+    sigma_min: float = _field(0.01, "VE: smallest noise level")
+    sigma_max: float = _field(50.0, "VE: largest noise level, about the largest distance between two training "
+                                    "points as Song & Ermon 2020 advise")
+    sde_N: int = _field(1000, "discretization steps N of the SDE, used by the DDPM and PC samplers")
+    net: str = _field("mlp", "score network")
+    hidden: int = _field(128, "MLP width")
+    depth: int = _field(3, "MLP hidden layers")
+    emb_dim: int = _field(64, "MLP time-embedding size, even")
+    channels: int = _field(32, "U-Net base width, even")
+    channel_mults: Tuple[int, ...] = _field((1, 2), "U-Net width multipliers per level, e.g. 1,2")
+    num_res_blocks: int = _field(1, "U-Net residual blocks per level")
+    attn_resolutions: Tuple[int, ...] = _field((), "U-Net levels (feature-map sizes) with attention")
+    dropout: float = _field(0.0, "U-Net dropout, in [0, 1)")
+    parameterization: str = _field("eps", "what the network predicts, see scoresde.score")
+    weighting: str = _field("sigma2", "loss weighting lambda(t)")
+    time_sampler: str = _field("uniform", "how t is drawn")
+    eps: float = _field(1e-5, "time truncation of the loss, in (0, 1)")
+    steps: int = _field(2000, "total optimizer steps")
+    batch_size: int = _field(128, "global batch size, over all ranks")
+    lr: float = _field(2e-4, "AdamW learning rate")
+    weight_decay: float = _field(0.0, "AdamW weight decay")
+    warmup: int = _field(100, "linear learning-rate warm-up steps; 0: none")
+    grad_clip: float = _field(1.0, "max global gradient norm; 0: no clipping")
+    ema_decay: float = _field(0.999, "EMA decay, in [0, 1)")
+    seed: int = _field(0, "random seed")
+    eval_every: int = _field(0, "steps between calls of the evaluation hooks; 0: only at step 0 and the end")
+    checkpoint_every: int = _field(500, "steps between checkpoints")
+    keep_checkpoints: bool = _field(False, "also keep checkpoint_<step>.pt files")
+    log_every: int = _field(25, "steps between metrics lines")
+    out_dir: str = _field("runs/train", "run folder (checkpoints, config.json, metrics.jsonl)")
+    device: str = _field("auto", "cpu, cuda, cuda:1, or auto: CUDA when available")
+    bf16: bool = _field(False, "bfloat16 autocast (CUDA only)")
+    compile: bool = _field(False, "torch.compile the objective (CUDA only)")
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(self.channel_mults)
@@ -123,33 +109,32 @@ class TrainConfig:
             raise ValueError(f"dataset must be a data set name ({', '.join(DATASETS)}), got {self.dataset!r}")
         if self.data_root is not None:
             self.data_root = str(self.data_root)
-        _choice("sde", self.sde, SDE_KINDS)
-        _choice("net", self.net, NET_KINDS)
-        _choice("parameterization", self.parameterization, PARAMETERIZATIONS)
-        _choice("weighting", self.weighting, WEIGHTINGS)
-        _choice("time_sampler", self.time_sampler, TIME_SAMPLERS)
+        check_choice("sde", self.sde, SDE_KINDS)
+        check_choice("net", self.net, NET_KINDS)
+        check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_choice("time_sampler", self.time_sampler, TIME_SAMPLERS)
         for name in ("beta_min", "beta_max", "sigma_min", "sigma_max", "lr"):
-            _num(name, getattr(self, name), 0.0, lo_open=True)
+            check_number(name, getattr(self, name), 0.0, lo_open=True)
         if self.beta_min >= self.beta_max:
             raise ValueError(f"need beta_min < beta_max, got {self.beta_min} and {self.beta_max}")
         if self.sigma_min >= self.sigma_max:
             raise ValueError(f"need sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
-        _num("eps", self.eps, 0.0, lo_open=True, hi=1.0, hi_open=True)
-        _num("weight_decay", self.weight_decay, 0.0)
-        _num("grad_clip", self.grad_clip, 0.0)
-        _num("ema_decay", self.ema_decay, 0.0, hi=1.0, hi_open=True)
-        _num("dropout", self.dropout, 0.0, hi=1.0, hi_open=True)
+        check_number("eps", self.eps, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_number("weight_decay", self.weight_decay, 0.0)
+        check_number("grad_clip", self.grad_clip, 0.0)
+        check_number("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
+        check_number("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         for name, lo in (("sde_N", 2), ("hidden", 1), ("depth", 1), ("emb_dim", 2), ("channels", 2),
                          ("num_res_blocks", 1), ("steps", 1), ("batch_size", 1), ("warmup", 0), ("seed", 0),
                          ("eval_every", 0), ("checkpoint_every", 1), ("log_every", 1)):
-            _int(name, getattr(self, name), lo)
+            check_int(name, getattr(self, name), lo)
         if self.emb_dim % 2 or self.channels % 2:
             raise ValueError(f"emb_dim and channels must be even (half sines, half cosines), "
                              f"got emb_dim={self.emb_dim}, channels={self.channels}")
-        if not self.channel_mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1
-                                         for m in self.channel_mults):
+        if not self.channel_mults or any(not is_int(m, 1) for m in self.channel_mults):
             raise ValueError(f"channel_mults must be a non-empty list of positive ints, got {self.channel_mults!r}")
-        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.attn_resolutions):
+        if any(not is_int(r, 1) for r in self.attn_resolutions):
             raise ValueError(f"attn_resolutions must be positive ints, got {self.attn_resolutions!r}")
         for name in ("dequantize", "keep_checkpoints", "bf16", "compile"):
             if not isinstance(getattr(self, name), bool):

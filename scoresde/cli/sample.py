@@ -1,0 +1,198 @@
+"""``scoresde sample``: draw samples from a checkpoint with any sampler of :data:`scoresde.sampling.SAMPLERS`.
+
+The ``--sampler`` choices are the registry's names, and the sampler options are the union of the
+samplers' ``option_names``: each becomes one flag, and a sampler accepts only its own (the others
+are refused with a message). :func:`option_specs` says how the command line reads each option
+(its type or choices, taken from the modules that define them, and a help line); an option a
+sampler adds without an entry there still gets a flag that reads a number, a ``true``/``false`` or a
+word.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .common import UsageError, atomic_figure, atomic_torch, load_model, parse_device, say
+from .flags import flag_name, nonneg_float, nonneg_int, positive_float, positive_int
+
+NAME = "sample"
+HELP = "draw samples from a checkpoint"
+DESCRIPTION = ("Draw samples from a trained model. Writes samples_<sampler>.pt (tensor and metadata) and "
+               "samples_<sampler>.png (an image grid, or a scatter plot for vector data) into --out.")
+
+#: The shared arguments of the one sampler signature that the command line offers (every sampler takes them).
+SHARED = ("steps", "nfe", "grid")
+
+
+def _order(text: str):
+    """``--order``: a solver order (dpm_solver_2/3, unipc) or the pc step order (a name)."""
+    from ..sampling.pc import ORDERS
+
+    if text in ORDERS:
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (pc takes {' or '.join(ORDERS)})") from None
+
+
+def _literal(text: str):
+    """An option without a spec: an int, a float, ``true``/``false``, or the word itself."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def option_specs() -> Dict[str, Dict[str, Any]]:
+    """``{option: argparse keywords}`` of the sampler options (choices from the sampling modules)."""
+    from ..sampling import CORRECTORS, PREDICTORS
+    from ..sampling.chains import SCHEDULES, VARIANCES
+    from ..sampling.pc import STEP_SIZE_NORMS
+    from ..solvers import METHODS
+
+    switch = dict(action=argparse.BooleanOptionalAction)
+    return dict(
+        predictor=dict(choices=sorted(PREDICTORS), help="predictor (reverse_diffusion)"),
+        corrector=dict(choices=sorted(CORRECTORS), help="corrector (langevin)"),
+        snr=dict(type=positive_float, help="Langevin signal-to-noise ratio (0.16)"),
+        n_corrector_steps=dict(type=positive_int, help="corrector steps per predictor step (1)"),
+        order=dict(type=_order, help="solver order 1-3 (dpm_solver_2/3: 2/3, unipc: 2); pc: corrector_first "
+                   "(default) or predictor_first"),
+        step_size_norm=dict(choices=STEP_SIZE_NORMS, help="Langevin step-size rule (pilot)"),
+        pilot_size=dict(type=positive_int, help="samples of the pilot run that fixes the step sizes (128)"),
+        pilot_seed=dict(type=nonneg_int, help="seed of the pilot run (0)"),
+        method=dict(choices=tuple(METHODS), help="ODE solver (dopri5)"),
+        rtol=dict(type=positive_float, help="ODE relative tolerance (1e-5)"),
+        atol=dict(type=positive_float, help="ODE absolute tolerance (1e-5)"),
+        max_steps=dict(type=positive_int, help="ODE solver step cap (the solver's default)"),
+        variance=dict(choices=VARIANCES, help="ddpm variance (posterior)"),
+        schedule=dict(choices=SCHEDULES, help="the SDE's own times or the DDPM chain (continuous)"),
+        eta=dict(type=nonneg_float, help="ddim stochasticity (0)"),
+        final_euler=dict(switch, help="a first-order last step (heun_edm: on; the others: off)"),
+        lower_order_final=dict(switch, help="lower the order on the last steps (off)"),
+        S_churn=dict(type=nonneg_float, help="heun_edm churn (0: deterministic)"),
+        S_min=dict(type=nonneg_float, help="heun_edm: churn only where sigma >= S_min (0)"),
+        S_max=dict(type=nonneg_float, help="heun_edm: churn only where sigma <= S_max (inf)"),
+        S_noise=dict(type=nonneg_float, help="heun_edm churn noise scale (1)"),
+    )
+
+
+def sampler_options() -> List[Tuple[str, List[str]]]:
+    """``[(option, [samplers that take it])]`` in registry order."""
+    from ..sampling import SAMPLERS
+
+    takers: Dict[str, List[str]] = {}
+    for name, sampler in SAMPLERS.items():
+        for opt in sampler.option_names:
+            takers.setdefault(opt, []).append(name)
+    return list(takers.items())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..sampling import GRIDS, SAMPLERS
+
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (or run folder)")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="pc", help="sampler (default pc)")
+    p.add_argument("--n", type=positive_int, default=64, help="number of samples (64)")
+    p.add_argument("--out", type=Path, help="output folder (default: <run folder>/samples)")
+    p.add_argument("--steps", type=positive_int, help="sampler steps (default: the SDE's N for euler_maruyama, "
+                   "pc, ddpm; ddim 50; the fast solvers 20 evaluations)")
+    p.add_argument("--nfe", type=positive_int, help="budget of score evaluations per sample (instead of --steps)")
+    p.add_argument("--grid", choices=GRIDS, help="time grid (default: the sampler's own)")
+    p.add_argument("--eps", type=positive_float, help="smallest time (1e-3 VP/sub-VP, 1e-5 VE)")
+    p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample with the EMA weights (default) or the raw weights (--no-use-ema)")
+    p.add_argument("--no-ema", dest="use_ema", action="store_false", help="same as --no-use-ema")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the sampler's generator (0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("sampler options", "each applies to the samplers named after it; the others refuse it")
+    specs = option_specs()
+    for opt, takers in sampler_options():
+        spec = dict(specs.get(opt, dict(type=_literal, help="an option of the sampler (see its docstring)")))
+        spec["help"] = f"{spec['help']} [{', '.join(takers)}]"
+        g.add_argument(flag_name(opt), dest=opt, default=None, **spec)
+
+
+def options_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The shared and sampler options given on the command line, checked against ``--sampler``."""
+    from ..sampling import SAMPLERS
+
+    names = SHARED + tuple(opt for opt, _ in sampler_options())
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if "steps" in given and "nfe" in given:
+        raise UsageError("give --steps or --nfe, not both")
+    allowed = SHARED + tuple(SAMPLERS[args.sampler].option_names)
+    bad = [k for k in given if k not in allowed]
+    if bad:
+        flags = ", ".join(flag_name(k) for k in bad)
+        ok = ", ".join(flag_name(k) for k in allowed)
+        raise UsageError(f"{flags} do(es) not apply to --sampler {args.sampler}; it takes {ok}")
+    return given
+
+
+def draw(model, sde, shape, sampler: str, n: int, seed: int, device, eps=None, x_T=None, progress=False,
+         **options):
+    """Run one sampler; returns ``(SampleResult, seconds)``."""
+    import torch
+
+    from ..sampling import sample
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    t0 = time.perf_counter()
+    res = sample(model.score_fn, sde, (n, *shape), sampler=sampler, eps=eps, generator=gen, device=device,
+                 x_T=x_T, progress=progress, **options)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return res, time.perf_counter() - t0
+
+
+def data_range(cfg, ckpt) -> Optional[tuple]:
+    """The data range of the checkpoint's data (``None`` for continuous data): the image grid is
+    shown from ``lo`` (black) to ``hi`` (white)."""
+    if "data_range" in ckpt:
+        return None if ckpt["data_range"] is None else tuple(ckpt["data_range"])
+    return (-1.0, 1.0) if cfg.dataset in ("digits", "mnist", "cifar10") else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sde import VPSDE
+    from .report import plt, show_samples
+
+    device = parse_device(args.device)
+    options = options_from_args(args)
+    path, model, cfg, ckpt = load_model(args.checkpoint, args.use_ema, device)
+    sde = model.sde
+    if options.get("schedule") == "discrete" and not isinstance(sde, VPSDE):
+        raise UsageError(f"--schedule discrete samples the DDPM chain and needs a VP model; this checkpoint "
+                         f"has sde={cfg.sde!r}: use the default continuous schedule")
+    if args.eps is not None and not args.eps < sde.T:
+        raise UsageError(f"--eps {args.eps} must be below T={sde.T}")
+    shape = tuple(ckpt["data_shape"])
+    try:
+        res, secs = draw(model, sde, shape, args.sampler, args.n, args.seed, device, eps=args.eps,
+                         progress=not args.no_progress, **options)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = args.out if args.out is not None else path.parent / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = data_range(cfg, ckpt)
+    meta = dict(x=res.x.cpu(), nfe=res.nfe, status=res.status, sampler=res.sampler, eps=res.eps, info=res.info,
+                seconds=secs, checkpoint=str(path), step=int(ckpt["step"]), use_ema=args.use_ema, seed=args.seed,
+                dataset=cfg.dataset, data_range=rng)
+    tpath = atomic_torch(out / f"samples_{args.sampler}.pt", meta)
+    pyplot = plt()
+    fig, ax = pyplot.subplots(figsize=(5, 5))
+    show_samples(ax, res.x, shape, rng, f"{args.sampler}, NFE {res.mean_nfe:g}, step {ckpt['step']}"
+                 + (" (EMA)" if args.use_ema else ""))
+    ipath = atomic_figure(fig, out / f"samples_{args.sampler}.png")
+    pyplot.close(fig)
+    failed = int((res.status != 0).sum())
+    say(f"{args.n} samples with {args.sampler}: mean NFE {res.mean_nfe:g}, {secs:.2f} s"
+        + (f", {failed} failed (see status)" if failed else "") + f"\ntensor: {tpath}\nfigure: {ipath}")
+    return 0
