@@ -18,7 +18,6 @@ dequantization noise, redrawn per repeat; the standard error is over per-image m
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -26,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scoresde import bits_per_dim, dequantize, load_dataset
-from scoresde.io import atomic_write
+from _common import baseline_bpds, gaussian_logp, gmm_logp, md_row, md_table, parser
+from scoresde import atomic_write, load_dataset
+
+__all__ = ["baseline_bpd", "gaussian_logp", "gmm_logp", "main"]
 
 
 def _summary(bpd: torch.Tensor) -> dict:
@@ -38,39 +39,14 @@ def _summary(bpd: torch.Tensor) -> dict:
                 n_samples=n, repeats=int(bpd.shape[0]))
 
 
-def gaussian_logp(train: torch.Tensor, test: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
-    """Log-density (nats) of ``test`` under the ML full-covariance Gaussian of ``train`` (float64)."""
-    a = train.reshape(train.shape[0], -1).double()
-    b = test.reshape(test.shape[0], -1).double()
-    mu = a.mean(dim=0)
-    cov = torch.cov(a.T, correction=0) + ridge * torch.eye(a.shape[1], dtype=torch.float64)
-    return torch.distributions.MultivariateNormal(mu, covariance_matrix=cov).log_prob(b)
-
-
-def gmm_logp(train: torch.Tensor, test: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Log-density (nats) of ``test`` under a ``k``-component full-covariance GMM fitted by EM."""
-    from sklearn.mixture import GaussianMixture as SkGMM
-
-    a = train.reshape(train.shape[0], -1).double().numpy()
-    b = test.reshape(test.shape[0], -1).double().numpy()
-    gmm = SkGMM(n_components=k, covariance_type="full", reg_covar=1e-6, n_init=2, random_state=seed).fit(a)
-    return torch.as_tensor(gmm.score_samples(b), dtype=torch.float64)
-
-
 def baseline_bpd(ds, *, model: str = "gaussian", repeats: int = 3, seed: int = 0, k: int = 10) -> dict:
     """Test bits/dim of a baseline fitted to the dequantized training set, ``repeats`` fresh
     dequantizations of both sets (the fit is redone for each train draw)."""
     if not ds.quantized:
         raise ValueError(f"{ds.name} is continuous data; bits/dim needs a quantization grid")
     g = torch.Generator().manual_seed(seed)
-    D = ds.num_dims
-    rows = []
-    for r in range(repeats):
-        tr = dequantize(ds.train.double(), ds.n_levels, ds.data_range, g)
-        te = dequantize(ds.test.double(), ds.n_levels, ds.data_range, g)
-        logp = gaussian_logp(tr, te) if model == "gaussian" else gmm_logp(tr, te, k, seed + r)
-        rows.append(bits_per_dim(logp, D, n_levels=ds.n_levels, data_range=ds.data_range))
-    out = _summary(torch.stack(rows))
+    bpd = baseline_bpds(ds, ds.test, None if model == "gaussian" else k, repeats, g, seed)
+    out = _summary(bpd)
     out.update(model=model if model == "gaussian" else f"gmm (K={k})", dataset=ds.name,
                n_train=int(ds.train.shape[0]), n_levels=ds.n_levels, data_range=list(ds.data_range),
                dequantize="uniform")
@@ -78,7 +54,7 @@ def baseline_bpd(ds, *, model: str = "gaussian", repeats: int = 3, seed: int = 0
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-root", default=None)
     p.add_argument("--repeats", type=int, default=3)
@@ -98,8 +74,8 @@ def main(argv=None) -> dict:
     lines = [f"Baselines on {ds.name} (test set, N = {results[0]['n_samples']}, uniform dequantization, "
              f"{ds.n_levels} levels on {tuple(ds.data_range)}, {args.repeats} repeat(s)); command: "
              f"`python studies/baselines.py --dataset {args.dataset}{' --quick' if args.quick else ''}`", "",
-             "| model | test bits/dim | standard error |", "|---|---|---|"]
-    lines += [f"| {r['model']} | {r['mean']:.4f} | {r['stderr']:.4f} |" for r in results]
+             *md_table(["model", "test bits/dim", "standard error"])]
+    lines += [md_row([r["model"], f"{r['mean']:.4f}", f"{r['stderr']:.4f}"]) for r in results]
     text = "\n".join(lines) + "\n"
     stem = f"baselines_{ds.name}" + ("_quick" if args.quick else "")
     atomic_write(args.out / f"{stem}.md", text)

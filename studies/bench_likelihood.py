@@ -37,7 +37,7 @@ sklearn's 8x8 digits scaled to [-1, 1] (trained for ``--train-steps`` steps of d
 matching so that the field, and hence the NFE, resembles a real model's: the NFE depends on the
 field's smoothness, the cost of an evaluation and the solver overhead do not depend on the weights),
 and ``mixture``, the exact score of a 64-D Gaussian mixture (a cheap smooth field, where solver
-overhead is most visible).
+overhead is most visible); both are :func:`make_field` of ``studies/_common.py``.
 
     python studies/bench_likelihood.py                    # CPU, ~3 minutes on 2 cores
     python studies/bench_likelihood.py --quick            # seconds; what the test suite runs
@@ -46,31 +46,25 @@ overhead is most visible).
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import csv
 import ctypes
 import gc
-import io
 import math
-import os
-import platform
 import re
 import resource
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from scoresde.io import atomic_write
-from scoresde import VPSDE
+from _common import (SCORE_FIELDS, csv_bytes, environment, load_average, make_field, md_row, md_table, parser,
+                     pyplot, require_device, sync, timed, write_png)
+from scoresde import VPSDE, atomic_write
 from scoresde.likelihood import draw_probes, log_likelihood
 from scoresde.targets import mixture_nd
 
@@ -94,108 +88,8 @@ FIELDS = ["kind", "field", "backend", "batch", "rtol", "steps", "wall_s", "wall_
 
 
 # ---------------------------------------------------------------------------------------------
-# Score fields
-# ---------------------------------------------------------------------------------------------
-class TinyScoreNet(nn.Module):
-    """A compact eps-prediction conv net for (B, 1, 8, 8) inputs with a sinusoidal time embedding.
-
-    ``net(x, t) -> eps_hat`` shaped like ``x``; ``t`` is a ``(B,)`` tensor (any float dtype).
-    Three 3x3 conv layers of ``ch`` channels with residual connections, the time embedding added
-    as a per-channel bias after the first layer; about 30k parameters at ``ch=32``.
-    """
-
-    def __init__(self, ch: int = 32, n_freq: int = 16):
-        super().__init__()
-        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(1000.0), n_freq)))
-        self.emb = nn.Sequential(nn.Linear(2 * n_freq, ch), nn.SiLU(), nn.Linear(ch, ch))
-        self.inp = nn.Conv2d(1, ch, 3, padding=1)
-        self.mid1 = nn.Conv2d(ch, ch, 3, padding=1)
-        self.mid2 = nn.Conv2d(ch, ch, 3, padding=1)
-        self.out = nn.Conv2d(ch, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = t.to(x.dtype)
-        a = t[:, None] * self.freqs.to(x.dtype)
-        e = self.emb(torch.cat([torch.sin(a), torch.cos(a)], dim=1))
-        h = torch.nn.functional.silu(self.inp(x) + e.reshape(e.shape[0], e.shape[1], 1, 1))
-        h = h + torch.nn.functional.silu(self.mid1(h))
-        h = h + torch.nn.functional.silu(self.mid2(h))
-        return self.out(h)
-
-
-def eps_score_fn(net: nn.Module, sde: VPSDE):
-    """``score(x, t) = -net(x, t) / s(t)`` (the eps parameterisation; Ho et al. 2020, Song et al. 2021)."""
-
-    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        std = sde.coeffs_unchecked(t.to(x.dtype))[1]
-        return -net(x, t) / std.reshape((-1,) + (1,) * (x.ndim - 1))
-
-    return score
-
-
-def digits(device) -> torch.Tensor:
-    """sklearn's 8x8 digits (1797 images, values 0..16) scaled to [-1, 1], shape (N, 1, 8, 8)."""
-    from sklearn.datasets import load_digits
-
-    x = torch.as_tensor(load_digits().images, dtype=torch.float32) / 16.0 * 2.0 - 1.0
-    return x.reshape(-1, 1, 8, 8).to(device)
-
-
-def train_dsm(net: nn.Module, sde: VPSDE, data: torch.Tensor, steps: int, seed: int, batch: int = 128) -> float:
-    """A few steps of eps-prediction denoising score matching (Ho et al. 2020's simple loss) with Adam.
-
-    Only so that the benchmarked field is shaped like a trained model's; returns the last loss."""
-    if steps <= 0:
-        return float("nan")
-    g = torch.Generator(device=data.device).manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    loss = torch.zeros(())
-    for _ in tqdm(range(steps), desc="train score net", leave=False):
-        idx = torch.randint(0, data.shape[0], (batch,), generator=g, device=data.device)
-        x0 = data[idx]
-        t = 1e-5 + (sde.T - 1e-5) * torch.rand(batch, generator=g, device=data.device)
-        z = torch.randn(x0.shape, generator=g, device=data.device)
-        m, s = sde.coeffs_unchecked(t)
-        xt = m.reshape(-1, 1, 1, 1) * x0 + s.reshape(-1, 1, 1, 1) * z
-        loss = ((net(xt, t) - z) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return loss.detach().item()
-
-
-def make_field(name: str, sde: VPSDE, batch: int, device, args):
-    """``(score_fn, score_fn64, x, description)`` for the field ``name``: ``x`` is (batch, 1, 8, 8)
-    float32; ``score_fn64`` is the same field in float64 (for the reference solution)."""
-    if name == "net":
-        torch.manual_seed(args.seed)
-        net = TinyScoreNet().to(device)
-        data = digits(device)
-        loss = train_dsm(net, sde, data, args.train_steps, args.seed)
-        net.eval().requires_grad_(False)
-        g = torch.Generator().manual_seed(args.seed + 1)
-        x = data[torch.randperm(data.shape[0], generator=g)[:batch].to(device)]
-        n_par = sum(p.numel() for p in net.parameters())
-        desc = (f"conv eps-net ({n_par} parameters, {args.train_steps} DSM steps, last loss {loss:.3f}) "
-                f"on sklearn digits (1, 8, 8) in [-1, 1]")
-        return eps_score_fn(net, sde), eps_score_fn(copy.deepcopy(net).double(), sde), x, desc
-    if name == "mixture":
-        mix = mixture_nd(D=64, K=4)
-        g = torch.Generator().manual_seed(args.seed + 2)
-        x = mix.sample(batch, generator=g, shape=(1, 8, 8)).to(device)
-        score = mix.score_fn(sde)
-        return score, score, x, "exact score of mixture_nd(D=64, K=4), data shaped (1, 8, 8)"
-    raise ValueError(f"unknown field {name!r}")
-
-
-# ---------------------------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def forward_vjp(score_fn, sde: VPSDE, x: torch.Tensor, t: torch.Tensor, probe: torch.Tensor):
     """One evaluation of the likelihood ODE's right-hand side, the same operations as
     ``log_likelihood`` does them: the probability-flow drift ``f - g^2 score / 2`` (one network
@@ -219,13 +113,13 @@ def time_forward_vjp(score_fn, sde, x, device, *, block: int, blocks: int, warmu
     with torch.no_grad():
         for i in range(warmup):
             forward_vjp(score_fn, sde, x, tvecs[i % block], probe)
-        _sync(device)
+        sync(device)
         per_call = []
         for _ in range(blocks):
             t0 = time.perf_counter()
             for tv in tvecs:
                 forward_vjp(score_fn, sde, x, tv, probe)
-            _sync(device)
+            sync(device)
             per_call.append((time.perf_counter() - t0) / block)
     return statistics.median(per_call)
 
@@ -300,11 +194,7 @@ def bench_backends(field: str, score_fn, score_fn64, sde, x, device, args, bar) 
         t_units.append(t_unit)
         for k in range(len(BACKENDS)):
             backend = BACKENDS[(rep + k) % len(BACKENDS)]
-            _sync(device)
-            t0 = time.perf_counter()
-            res = run_likelihood(score_fn, sde, x, backend, args)
-            _sync(device)
-            wall = time.perf_counter() - t0
+            res, wall = timed(lambda: run_likelihood(score_fn, sde, x, backend, args), device)
             walls[backend].append(wall)
             ratios[backend].append(wall / (int(res.total_nfe) * t_unit))
             results[backend] = res  # deterministic: every repeat gives the same numbers
@@ -419,11 +309,8 @@ def bench_memory(field: str, score_fn, sde, x, device, args, bar) -> list[dict]:
     for steps, leak_bytes in todo:
         fn = score_fn if leak_bytes is None else _LeakyScore(score_fn, leak_bytes)
         box = {}
-        _sync(device)
-        t0 = time.perf_counter()
-        mb, method = peak_memory_mb(
-            lambda: box.setdefault("res", run_likelihood(fn, sde, x, "euler", args, steps=steps)), device)
-        wall = time.perf_counter() - t0
+        (mb, method), wall = timed(lambda: peak_memory_mb(
+            lambda: box.setdefault("res", run_likelihood(fn, sde, x, "euler", args, steps=steps)), device), device)
         res = box["res"]
         note = ""
         if leak_bytes is not None:
@@ -441,12 +328,6 @@ def bench_memory(field: str, score_fn, sde, x, device, args, bar) -> list[dict]:
     return rows
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def warm_up(device: torch.device) -> None:
     """One small untimed likelihood per back end, so one-off start-up costs (imports, CUDA context,
     kernel caches) are not charged to the first timed configuration."""
@@ -460,7 +341,7 @@ def warm_up(device: torch.device) -> None:
                         generator=torch.Generator(device=device).manual_seed(0))
     log_likelihood(mix.score_fn(sde), sde, x, backend="euler", steps=5,
                    generator=torch.Generator(device=device).manual_seed(0))
-    _sync(device)
+    sync(device)
 
 
 def run(args) -> list[dict]:
@@ -468,25 +349,18 @@ def run(args) -> list[dict]:
     sde = VPSDE()
     rows, info = [], {}
     n_work = len(args.fields) * (len(BACKENDS) * args.repeats + bool(args.ref_rtol) + len(args.mem_steps) + 1)
-    load0 = _loadavg()
+    load0 = load_average()
     with tqdm(total=n_work, desc="bench_likelihood") as bar:
         for field in args.fields:
-            score_fn, score_fn64, x, desc = make_field(field, sde, args.batch, device, args)
+            score_fn, score_fn64, x, desc = make_field(field, sde, args.batch, device, seed=args.seed,
+                                                       train_steps=args.train_steps)
             info[field] = desc
             rows += bench_backends(field, score_fn, score_fn64, sde, x, device, args, bar)
             rows += bench_memory(field, score_fn, sde, x[: args.mem_batch], device, args, bar)
-    stamp = dict(device=device_name(device), torch=torch.__version__, date=date.today().isoformat(),
-                 load=f"{load0} -> {_loadavg()}")
+    stamp = dict(environment(device), load=f"{load0} -> {load_average()}")
     for r in rows:
         r.update(stamp, info=info[r["field"]])
     return rows
-
-
-def _loadavg() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,25 +418,23 @@ def markdown(rows: list[dict], targets) -> str:
     for field in dict.fromkeys(r["field"] for r in rows):
         desc = next(r["info"] for r in rows if r["field"] == field)
         lines += [f"### {field}" + (f": {desc}" if desc else ""), "",
-                  "| back end | B | wall / sample [ms] | NFE mean (max) | calls | t_fvjp [ms] | overhead | "
-                  "speedup vs original | max abs dbpd vs ref | ok |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  *md_table(["back end", "B", "wall / sample [ms]", "NFE mean (max)", "calls", "t_fvjp [ms]",
+                             "overhead", "speedup vs original", "max abs dbpd vs ref", "ok"])]
         for r in rows:
             if r["field"] == field and r["kind"] == "backend":
-                lines.append(
-                    f"| {r['backend']} | {r['batch']} | {_fmt(r['wall_per_sample_ms'], '.2f')} | "
-                    f"{_fmt(r['nfe_mean'], '.0f')} ({_fmt(r['nfe_max'], '.0f')}) | {r['calls']} | "
-                    f"{_fmt(r['t_fvjp_ms'], '.3f')} | {_fmt(r['overhead'], '.2f')} | "
-                    f"{_fmt(r['speedup_vs_original'], '.2f')} | {_fmt(r['max_abs_dbpd_vs_ref'], '.1e')} | "
-                    f"{_fmt(r['ok_fraction'], '.2f')} |")
+                lines.append(md_row([
+                    r["backend"], r["batch"], _fmt(r["wall_per_sample_ms"], ".2f"),
+                    f"{_fmt(r['nfe_mean'], '.0f')} ({_fmt(r['nfe_max'], '.0f')})", r["calls"],
+                    _fmt(r["t_fvjp_ms"], ".3f"), _fmt(r["overhead"], ".2f"), _fmt(r["speedup_vs_original"], ".2f"),
+                    _fmt(r["max_abs_dbpd_vs_ref"], ".1e"), _fmt(r["ok_fraction"], ".2f")]))
         mem = [r for r in rows if r["field"] == field and r["kind"] in ("memory", "memory_control")]
         if mem:
             lines += ["", f"Peak memory above the memory in use before the call, fixed-step Euler, "
                           f"B = {mem[0]['batch']} ({mem[0]['mem_method']}):", "",
-                      "| steps | calls | wall [s] | peak memory [MiB] | note |", "|---|---|---|---|---|"]
+                      *md_table(["steps", "calls", "wall [s]", "peak memory [MiB]", "note"])]
             for r in mem:
-                lines.append(f"| {r['steps']} | {r['calls']} | {_fmt(r['wall_s'], '.2f')} | "
-                             f"{_fmt(r['peak_mem_mb'], '.1f')} | {r['note']} |")
+                lines.append(md_row([r["steps"], r["calls"], _fmt(r["wall_s"], ".2f"), _fmt(r["peak_mem_mb"], ".1f"),
+                                     r["note"]]))
         lines.append("")
     lines += ["Targets (" + device_type + "):", ""]
     for field, name, met, detail in targets:
@@ -571,69 +443,75 @@ def markdown(rows: list[dict], targets) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(rows: list[dict], out: Path, tag: str) -> dict[str, Path]:
-    paths = {k: out / f"bench_likelihood_{tag}.{k}" for k in ("csv", "md", "png")}
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(paths["csv"], buf.getvalue().encode())
-    device_type = "cpu" if rows[0]["device"].startswith("cpu") else "cuda"
-    targets = check_targets(rows, device_type)
-    atomic_write(paths["md"], markdown(rows, targets).encode())
+def _wall_panel(ax, field: str, br: list[dict], names: list[str], colors: list[str]) -> None:
+    """Wall time per sample of each back end (bar: median; error bar: min..max over repeats)."""
+    vals = [r["wall_per_sample_ms"] for r in br]
+    err = [[r["wall_per_sample_ms"] * (1 - r["wall_s_min"] / r["wall_s"]) for r in br],
+           [r["wall_per_sample_ms"] * (r["wall_s_max"] / r["wall_s"] - 1) for r in br]]
+    ax.bar(names, vals, color=colors, yerr=err, capsize=3)
+    for k, r in enumerate(br):
+        ax.annotate(f"NFE {r['nfe_mean']:.0f}, {r['calls']} calls\n{r['speedup_vs_original']:.2f}x",
+                    (k, vals[k] + err[1][k]), ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.25 * max(r["wall_per_sample_ms"] * r["wall_s_max"] / r["wall_s"] for r in br))
+    ax.set_ylabel("wall time per sample [ms]")
+    ax.set_title(f"{field}: wall per sample (B={br[0]['batch']}, rtol={br[0]['rtol']:g})")
 
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _overhead_panel(ax, field: str, br: list[dict], names: list[str], colors: list[str]) -> None:
+    """The overhead ratio wall / (calls x t_fvjp) of each back end, with 1 and the target."""
+    ax.bar(names, [r["overhead"] for r in br], color=colors)
+    ax.axhline(1.0, color="k", lw=1)
+    ax.axhline(OVERHEAD_TARGET, color="k", ls="--", lw=1, label=f"target {OVERHEAD_TARGET}")
+    ax.set_ylabel("wall / (calls x t_fvjp)")
+    ax.set_title(f"{field}: solver overhead ratio (t_fvjp = {br[0]['t_fvjp_ms']:.3g} ms)")
+    ax.legend(fontsize=8)
 
+
+def _memory_panel(ax, field: str, rows: list[dict]) -> None:
+    """Peak memory against the number of Euler steps, and the control run's peak."""
+    mr = sorted((r for r in rows if r["field"] == field and r["kind"] == "memory"), key=lambda r: r["steps"])
+    ctrl = [r for r in rows if r["field"] == field and r["kind"] == "memory_control"]
+    if not mr:
+        return
+    ax.plot([r["steps"] for r in mr], [r["peak_mem_mb"] for r in mr], "o-", label="log_likelihood (euler)")
+    for c in ctrl:
+        ax.plot([c["steps"]], [c["peak_mem_mb"]], "x", color="tab:red", ms=9,
+                label=f"control: leaks {_control_expected_mb(c):.0f} MiB")
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0, top=max(1.0, 1.2 * max(r["peak_mem_mb"] for r in mr + ctrl)))
+    ax.legend(fontsize=8)
+    ax.set_xlabel("Euler steps")
+    ax.set_ylabel("peak memory above baseline [MiB]")
+    ax.set_title(f"{field}: peak memory vs steps (B={mr[0]['batch']})")
+    ax.grid(alpha=0.3)
+
+
+def figure(rows: list[dict]):
+    """A row of panels per field: wall per sample, overhead ratio, peak memory vs steps."""
+    plt = pyplot()
     fields = list(dict.fromkeys(r["field"] for r in rows))
     fig, axes = plt.subplots(len(fields), 3, figsize=(15, 4 * len(fields)), squeeze=False)
     for i, field in enumerate(fields):
         br = [r for r in rows if r["field"] == field and r["kind"] == "backend"]
         names = [r["backend"] for r in br]
         colors = ["tab:green" if n == DEFAULT else "tab:red" if n == BASELINE else "tab:blue" for n in names]
-        ax = axes[i][0]
-        vals = [r["wall_per_sample_ms"] for r in br]
-        err = [[r["wall_per_sample_ms"] * (1 - r["wall_s_min"] / r["wall_s"]) for r in br],
-               [r["wall_per_sample_ms"] * (r["wall_s_max"] / r["wall_s"] - 1) for r in br]]
-        ax.bar(names, vals, color=colors, yerr=err, capsize=3)
-        for k, r in enumerate(br):
-            ax.annotate(f"NFE {r['nfe_mean']:.0f}, {r['calls']} calls\n{r['speedup_vs_original']:.2f}x",
-                        (k, vals[k] + err[1][k]), ha="center", va="bottom", fontsize=8)
-        ax.set_ylim(0, 1.25 * max(r["wall_per_sample_ms"] * r["wall_s_max"] / r["wall_s"] for r in br))
-        ax.set_ylabel("wall time per sample [ms]")
-        ax.set_title(f"{field}: wall per sample (B={br[0]['batch']}, rtol={br[0]['rtol']:g})")
-        ax = axes[i][1]
-        ax.bar(names, [r["overhead"] for r in br], color=colors)
-        ax.axhline(1.0, color="k", lw=1)
-        ax.axhline(OVERHEAD_TARGET, color="k", ls="--", lw=1, label=f"target {OVERHEAD_TARGET}")
-        ax.set_ylabel("wall / (calls x t_fvjp)")
-        ax.set_title(f"{field}: solver overhead ratio (t_fvjp = {br[0]['t_fvjp_ms']:.3g} ms)")
-        ax.legend(fontsize=8)
+        _wall_panel(axes[i][0], field, br, names, colors)
+        _overhead_panel(axes[i][1], field, br, names, colors)
         for ax in axes[i][:2]:
             ax.tick_params(axis="x", labelsize=8, labelrotation=15)
-        ax = axes[i][2]
-        mr = sorted((r for r in rows if r["field"] == field and r["kind"] == "memory"), key=lambda r: r["steps"])
-        ctrl = [r for r in rows if r["field"] == field and r["kind"] == "memory_control"]
-        if mr:
-            ax.plot([r["steps"] for r in mr], [r["peak_mem_mb"] for r in mr], "o-", label="log_likelihood (euler)")
-            for c in ctrl:
-                ax.plot([c["steps"]], [c["peak_mem_mb"]], "x", color="tab:red", ms=9,
-                        label=f"control: leaks {_control_expected_mb(c):.0f} MiB")
-            ax.set_xscale("log")
-            ax.set_ylim(bottom=0, top=max(1.0, 1.2 * max(r["peak_mem_mb"] for r in mr + ctrl)))
-            ax.legend(fontsize=8)
-            ax.set_xlabel("Euler steps")
-            ax.set_ylabel("peak memory above baseline [MiB]")
-            ax.set_title(f"{field}: peak memory vs steps (B={mr[0]['batch']})")
-            ax.grid(alpha=0.3)
+        _memory_panel(axes[i][2], field, rows)
     fig.suptitle(f"log_likelihood back ends — {rows[0]['device']}, torch {rows[0]['torch']}", fontsize=11)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(paths["png"], buf.getvalue())
+    return fig
+
+
+def write_outputs(rows: list[dict], out: Path, tag: str) -> dict[str, Path]:
+    paths = {k: out / f"bench_likelihood_{tag}.{k}" for k in ("csv", "md", "png")}
+    atomic_write(paths["csv"], csv_bytes(rows, FIELDS))
+    device_type = "cpu" if rows[0]["device"].startswith("cpu") else "cuda"
+    targets = check_targets(rows, device_type)
+    atomic_write(paths["md"], markdown(rows, targets).encode())
+    write_png(paths["png"], figure(rows), dpi=100)
     return paths
 
 
@@ -655,7 +533,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="tiny batch, loose tolerance (seconds)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch", type=int, default=None, help="samples per likelihood call (default 128; 8 with --quick)")
@@ -676,8 +554,7 @@ def parse(argv=None):
     p.add_argument("--replot", type=Path, default=None, metavar="CSV",
                    help="rewrite the table and figure from a CSV of an earlier run (no benchmarking)")
     args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda asked for, but torch sees no CUDA device")
+    require_device(p, args.device)
     q = args.quick
     args.batch = (8 if q else 128) if args.batch is None else args.batch
     args.rtol = (1e-3 if q else 1e-5) if args.rtol is None else args.rtol
@@ -687,7 +564,7 @@ def parse(argv=None):
     args.train_steps = (20 if q else 500) if args.train_steps is None else args.train_steps
     args.mem_steps = args.mem_steps or ("10,50,200" if q else "10,100,1000")
     args.fields = [f.strip() for f in args.fields.split(",") if f.strip()]
-    bad = [f for f in args.fields if f not in ("net", "mixture")]
+    bad = [f for f in args.fields if f not in SCORE_FIELDS]
     if bad or not args.fields:
         p.error(f"--fields takes net and/or mixture, got {bad or args.fields}")
     try:

@@ -59,14 +59,10 @@ representative samplers on the oracles), ``_grids.png`` (the grid sweep) and ``_
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import io
 import math
-import platform
 import statistics
 import sys
-import time
 from datetime import date
 from pathlib import Path
 from typing import Optional
@@ -74,8 +70,8 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from scoresde import VPSDE
-from scoresde.io import atomic_write
+from _common import csv_bytes, device_name, md_row, md_table, parser, pyplot, require_device, sync, timed, write_png
+from scoresde import VPSDE, atomic_write
 from scoresde.metrics import calibrate_threshold, energy_distance, moment_errors
 from scoresde.sampling import GRIDS, SAMPLERS, sample
 from scoresde.targets import GaussianMixture, mixture_2d, mixture_nd
@@ -269,17 +265,6 @@ def configs(budgets: list[int], tolerances: list[float], long_budgets: list[int]
     return out
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 # ---------------------------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------------------------
@@ -311,12 +296,9 @@ def run(args, digits: Optional[DigitsTarget] = None) -> list[dict]:
             sde = VPSDE()
             score, n, shape = tgt.mix.score_fn(sde), args.n, (args.n, tgt.dim)
         g = torch.Generator(device=device).manual_seed(seed)
-        _sync(device)
-        t0 = time.perf_counter()
         with torch.no_grad():  # no sampler needs a graph of the score
-            res = sample(score, sde, shape, sampler=cfg.sampler, generator=g, device=device, **cfg.kwargs())
-        _sync(device)
-        wall = time.perf_counter() - t0
+            res, wall = timed(lambda: sample(score, sde, shape, sampler=cfg.sampler, generator=g, device=device,
+                                             **cfg.kwargs()), device)
         x = res.x[res.ok].cpu().reshape(-1, tgt.dim).float()
         logp_err = mass = narrow = nan
         if is_digits:
@@ -341,14 +323,6 @@ def run(args, digits: Optional[DigitsTarget] = None) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # Speed: a sampler's wall time per network evaluation vs one bare evaluation
 # ---------------------------------------------------------------------------------------------
-def _timed(fn, device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
 def speed_benchmark(model, shape: tuple, device: torch.device, *, batch: int = 512, nfe: int = 20,
                     samplers=SPEED_SAMPLERS, repeats: int = 5, description: str = "") -> list[dict]:
     """Per sampler: the median wall time of a ``nfe``-evaluation run at ``batch`` divided by its
@@ -377,8 +351,8 @@ def speed_benchmark(model, shape: tuple, device: torch.device, *, batch: int = 5
             bare_block()
             walls, bares = [], []
             for _ in range(repeats):
-                walls.append(_timed(run_sampler, device))
-                bares.append(_timed(bare_block, device))
+                walls.append(timed(run_sampler, device)[1])
+                bares.append(timed(bare_block, device)[1])
         k = calls[-1]
         wall, bare = statistics.median(walls), statistics.median(bares) / k
         rows.append(dict(sampler=name, grid=SAMPLERS[name].default_grid, nfe=nfe, batch=batch, total_nfe=k,
@@ -473,17 +447,16 @@ def reach_lines(summary, targets) -> list[str]:
              "the truth-vs-truth 99% quantile; digits: the train-vs-test distance) at every larger NFE of the "
              "sweep; `> N`: not below it at the largest NFE tried. Each sampler at its default grid. "
              "`all`: energy distance, |log-density error| and mass error below their nulls at once (oracles).", "",
-             "| sampler | grid | " + " | ".join(list(targets) + [f"{t}: all" for t in oracle_targets]) + " |",
-             "|---|---|" + "---|" * (len(targets) + len(oracle_targets))]
+             *md_table(["sampler", "grid", *targets, *(f"{t}: all" for t in oracle_targets)])]
     for fam in fams:
         g = default[fam]
         cells = [_fmt_reach(ed[(t, fam, g)]) if (t, fam, g) in ed else "" for t in targets]
         cells += [_fmt_reach(full[(t, fam, g)]) if (t, fam, g) in full else "" for t in oracle_targets]
-        lines.append(f"| {fam} | {g} | " + " | ".join(cells) + " |")
+        lines.append(md_row([fam, g, *cells]))
     sweep_fams = [f for f in GRID_SWEEP if any(s["family"] == f and s["sweep"] for s in summary)]
     if sweep_fams:
         lines += ["", "### Grid sweep (same rule; cells: energy distance / all three statistics)", "",
-                  "| sampler | grid | " + " | ".join(targets) + " |", "|---|---|" + "---|" * len(targets)]
+                  *md_table(["sampler", "grid", *targets])]
         for fam in sweep_fams:
             for g in GRIDS:
                 cells = []
@@ -495,7 +468,7 @@ def reach_lines(summary, targets) -> list[str]:
                     else:
                         cells.append(f"{_fmt_reach(ed[(t, fam, g)])} / {_fmt_reach(full[(t, fam, g)])}")
                 mark = " (default)" if g == default.get(fam) else ""
-                lines.append(f"| {fam} | {g}{mark} | " + " | ".join(cells) + " |")
+                lines.append(md_row([fam, f"{g}{mark}", *cells]))
     return lines + [""]
 
 
@@ -508,12 +481,12 @@ def speed_lines(speed) -> list[str]:
              f"run at nfe={r0['nfe']} divided by its batched score calls; bare: `model.score_fn(x, t)` alone under "
              "`torch.no_grad`, timed in blocks of as many calls, interleaved with the runs (medians, after a "
              "warm-up). Ratio 1 = the sampler adds nothing around the network; target: within 1.15x.", "",
-             "| sampler | grid | NFE | batched calls | wall ms | ms per evaluation | bare ms per evaluation "
-             "| ratio to bare |", "|---|---|---|---|---|---|---|---|"]
+             *md_table(["sampler", "grid", "NFE", "batched calls", "wall ms", "ms per evaluation",
+                        "bare ms per evaluation", "ratio to bare"])]
     for r in speed:
-        lines.append(f"| {r['sampler']} | {r['grid']} | {int(r['nfe'])} | {int(r['total_nfe'])} | "
-                     f"{1e3 * float(r['wall_s']):.2f} | {float(r['per_eval_ms']):.3f} | "
-                     f"{float(r['bare_eval_ms']):.3f} | {float(r['ratio']):.3f} |")
+        lines.append(md_row([r["sampler"], r["grid"], int(r["nfe"]), int(r["total_nfe"]),
+                             f"{1e3 * float(r['wall_s']):.2f}", f"{float(r['per_eval_ms']):.3f}",
+                             f"{float(r['bare_eval_ms']):.3f}", f"{float(r['ratio']):.3f}"]))
     return lines + [""]
 
 
@@ -528,13 +501,12 @@ def table_lines(summary, targets) -> list[str]:
         s0 = ss[0]
         if oracle == DIGITS:
             lines += [f"### {oracle} (reference: held-out test images; train-vs-test distance {s0['null_q99']:.3g})",
-                      "", "| sampler | grid | config | NFE | wall s | energy distance |", "|---|---|---|---|---|---|"]
+                      "", *md_table(["sampler", "grid", "config", "NFE", "wall s", "energy distance"])]
         else:
             lines += [f"### {oracle} (nulls, 99% quantile: energy distance {s0['null_q99']:.3g}, "
                       f"|log-density error| {s0['null_logp']:.3g}, mass error {s0['null_mass']:.3g})", "",
-                      "| sampler | grid | config | NFE | wall s | energy distance | log-density error | mass error |"
-                      + (" narrow mass error |" if oracle == NARROW else ""),
-                      "|---|---|---|---|---|---|---|---|" + ("---|" if oracle == NARROW else "")]
+                      *md_table(["sampler", "grid", "config", "NFE", "wall s", "energy distance", "log-density error",
+                                 "mass error", *(["narrow mass error"] if oracle == NARROW else [])])]
         for s in ss:
             line = (f"| {s['family']} | {s['grid']} | {s['config']} | {s['nfe']:.0f} | {s['wall_s']:.3f} | "
                     f"{_g(s['dist'])} [{_g(s['dist_min'])}, {_g(s['dist_max'])}] |")
@@ -551,23 +523,15 @@ def table_lines(summary, targets) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------
-def _csv_bytes(rows, fields) -> bytes:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue().encode()
-
-
 def write_outputs(rows, out: Path, tag: str, speed: Optional[list] = None) -> dict[str, Path]:
     speed = speed or []
     stem = f"compare_solvers_{tag}"
     paths = {"csv": out / f"{stem}.csv", "speed_csv": out / f"{stem}_speed.csv", "md": out / f"{stem}.md",
              "png": out / f"{stem}.png", "png_errors": out / f"{stem}_errors.png",
              "png_grids": out / f"{stem}_grids.png", "png_wall": out / f"{stem}_wall.png"}
-    atomic_write(paths["csv"], _csv_bytes(rows, FIELDS))
+    atomic_write(paths["csv"], csv_bytes(rows, FIELDS))
     if speed:
-        atomic_write(paths["speed_csv"], _csv_bytes(speed, SPEED_FIELDS))
+        atomic_write(paths["speed_csv"], csv_bytes(speed, SPEED_FIELDS))
     else:
         del paths["speed_csv"]
 
@@ -605,15 +569,10 @@ def _series(summary, oracle, family, grid):
 
 
 def _save(fig, path):
-    import matplotlib.pyplot as plt
-
     # Fixed margins instead of tight_layout, which costs seconds on figures of 10+ panels.
     w, h = fig.get_size_inches()
     fig.subplots_adjust(left=0.7 / w, right=1 - 0.15 / w, bottom=0.55 / h, top=1 - 0.6 / h, wspace=0.3, hspace=0.4)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    write_png(path, fig, dpi=100)
 
 
 def _null_line(ax, value, oracle, what="energy distance"):
@@ -622,102 +581,122 @@ def _null_line(ax, value, oracle, what="energy distance"):
                    label="train vs test images" if oracle == DIGITS else "null (truth vs truth, 99%)")
 
 
-def _figures(summary, targets, device: str, paths) -> None:
-    import matplotlib
+def _draw(ax, summary, oracle, family, grid, xkey, ykey, style, label, band=True):
+    """One line of ``ykey`` against ``xkey`` (the summary rows of a target, family and grid), with
+    the min..max band over seeds of the energy distance and mass error (``band``)."""
+    pts = _series(summary, oracle, family, grid)
+    pts = [s for s in pts if math.isfinite(s[ykey])]
+    if not pts:
+        return
+    xs = [s[xkey] for s in pts]
+    if ykey == "logp_err":
+        ys = [s["abs_logp_err"] for s in pts]
+    else:
+        ys = [s[ykey] for s in pts]
+    ax.plot(xs, ys, label=label, **style)
+    if band and ykey in ("dist", "mass"):
+        ax.fill_between(xs, [s[ykey + "_min"] for s in pts], [s[ykey + "_max"] for s in pts],
+                        color=style["color"], alpha=0.12)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _finish(ax, title, xlabel, ylabel):
+    """Log-log axes with 1-2-5 ticks, labels, title, grid and legend; an empty panel says so."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator, ScalarFormatter
 
-    default = _default_grid_of(summary)
-    fams = list(default)
+    if not any(len(line.get_xdata()) for line in ax.get_lines()):
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title}: no data", ha="center", transform=ax.transAxes)
+        return
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    # No minor ticks (each costs a text layout); NFE ticks at 1-2-5 steps.
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if xlabel.startswith("NFE"):
+        ax.xaxis.set_major_locator(FixedLocator([5, 10, 20, 50, 100, 200, 500, 1000, 2000]))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6.5, ncol=1, framealpha=0.6)
+
+
+def _ylab(oracle):
+    return "energy distance to test images" if oracle == DIGITS else "energy distance to the mixture"
+
+
+def _null_of(summary, oracle, key="null_q99"):
+    return next(s[key] for s in summary if s["oracle"] == oracle)
+
+
+def _figure_groups(default: dict) -> dict:
+    """The panel rows of the main figure: :data:`GROUPS` restricted to the families in the summary,
+    the families in no group as ``other``, empty groups dropped."""
     groups = {name: [f for f in members if f in default] for name, members in GROUPS.items()}
-    other = [f for f in fams if not any(f in m for m in GROUPS.values())]
+    other = [f for f in default if not any(f in m for m in GROUPS.values())]
     if other:
         groups["other"] = other
-    groups = {k: v for k, v in groups.items() if v}
+    return {k: v for k, v in groups.items() if v}
 
-    def draw(ax, oracle, family, grid, xkey, ykey, style, label, band=True):
-        pts = _series(summary, oracle, family, grid)
-        pts = [s for s in pts if math.isfinite(s[ykey])]
-        if not pts:
-            return
-        xs = [s[xkey] for s in pts]
-        if ykey == "logp_err":
-            ys = [s["abs_logp_err"] for s in pts]
-        else:
-            ys = [s[ykey] for s in pts]
-        ax.plot(xs, ys, label=label, **style)
-        if band and ykey in ("dist", "mass"):
-            ax.fill_between(xs, [s[ykey + "_min"] for s in pts], [s[ykey + "_max"] for s in pts],
-                            color=style["color"], alpha=0.12)
 
-    def finish(ax, title, xlabel, ylabel):
-        if not any(len(line.get_xdata()) for line in ax.get_lines()):
-            ax.axis("off")
-            ax.text(0.5, 0.5, f"{title}: no data", ha="center", transform=ax.transAxes)
-            return
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        # No minor ticks (each costs a text layout); NFE ticks at 1-2-5 steps.
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.yaxis.set_minor_locator(NullLocator())
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        if xlabel.startswith("NFE"):
-            ax.xaxis.set_major_locator(FixedLocator([5, 10, 20, 50, 100, 200, 500, 1000, 2000]))
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6.5, ncol=1, framealpha=0.6)
-
-    def ylab(oracle):
-        return "energy distance to test images" if oracle == DIGITS else "energy distance to the mixture"
-
-    # 1. energy distance vs NFE: a panel per target, a row per sampler group
+def _figure_nfe(summary, targets, groups, default, device, path) -> None:
+    """Energy distance vs NFE: a panel per target, a row per sampler group."""
+    plt = pyplot()
     fig, axes = plt.subplots(len(groups), len(targets), figsize=(4.6 * len(targets), 3.6 * len(groups)),
                              squeeze=False)
     for i, (gname, members) in enumerate(groups.items()):
         for j, oracle in enumerate(targets):
             ax = axes[i][j]
             for k, fam in enumerate(members):
-                draw(ax, oracle, fam, default[fam], "nfe", "dist", _style(k), _label(fam, default[fam]))
-            _null_line(ax, next(s["null_q99"] for s in summary if s["oracle"] == oracle), oracle)
-            finish(ax, f"{oracle}: {gname}", "NFE per sample", ylab(oracle))
+                _draw(ax, summary, oracle, fam, default[fam], "nfe", "dist", _style(k), _label(fam, default[fam]))
+            _null_line(ax, _null_of(summary, oracle), oracle)
+            _finish(ax, f"{oracle}: {gname}", "NFE per sample", _ylab(oracle))
     fig.suptitle(f"Energy distance vs NFE ({device})", fontsize=10)
-    _save(fig, paths["png"])
+    _save(fig, path)
 
-    # 2. log-density and mass errors vs NFE on the oracles (six representative samplers)
+
+def _figure_errors(summary, targets, default, device, path) -> None:
+    """Log-density and mass errors vs NFE on the oracles, of six representative samplers."""
+    plt = pyplot()
     oracle_targets = [t for t in targets if t != DIGITS]
-    err_fams = [f for f in ERROR_FAMILIES if f in default] or fams[:6]
-    if oracle_targets:
-        fig, axes = plt.subplots(2, len(oracle_targets), figsize=(4.6 * len(oracle_targets), 7.2), squeeze=False)
-        for j, oracle in enumerate(oracle_targets):
-            s0 = next(s for s in summary if s["oracle"] == oracle)
-            for row, key, null, ylabel in ((0, "logp_err", s0["null_logp"], "|log-density error| [nats]"),
-                                           (1, "mass", s0["null_mass"], "mass error max_k |w_hat - w|")):
-                ax = axes[row][j]
-                for k, fam in enumerate(err_fams):
-                    draw(ax, oracle, fam, default[fam], "nfe", key, _style(k), _label(fam, default[fam]))
-                _null_line(ax, null, oracle)
-                finish(ax, oracle, "NFE per sample", ylabel)
-        fig.suptitle(f"Log-density and per-component mass errors vs NFE ({device})", fontsize=10)
-    else:
+    err_fams = [f for f in ERROR_FAMILIES if f in default] or list(default)[:6]
+    if not oracle_targets:
         fig = plt.figure(figsize=(4, 2))
         fig.text(0.5, 0.5, "no oracle targets", ha="center")
-    _save(fig, paths["png_errors"])
+        _save(fig, path)
+        return
+    fig, axes = plt.subplots(2, len(oracle_targets), figsize=(4.6 * len(oracle_targets), 7.2), squeeze=False)
+    for j, oracle in enumerate(oracle_targets):
+        for row, key, null, ylabel in ((0, "logp_err", _null_of(summary, oracle, "null_logp"),
+                                        "|log-density error| [nats]"),
+                                       (1, "mass", _null_of(summary, oracle, "null_mass"),
+                                        "mass error max_k |w_hat - w|")):
+            ax = axes[row][j]
+            for k, fam in enumerate(err_fams):
+                _draw(ax, summary, oracle, fam, default[fam], "nfe", key, _style(k), _label(fam, default[fam]))
+            _null_line(ax, null, oracle)
+            _finish(ax, oracle, "NFE per sample", ylabel)
+    fig.suptitle(f"Log-density and per-component mass errors vs NFE ({device})", fontsize=10)
+    _save(fig, path)
 
-    # 3. grid sweep: colour = sampler, line style and marker = grid
+
+#: line style and marker of each time grid in the grid-sweep figure
+GRID_LINES = {"uniform": "-", "logsnr": "--", "karras": "-.", "quadratic": ":"}
+GRID_MARKERS = {"uniform": "o", "logsnr": "s", "karras": "^", "quadratic": "v"}
+
+
+def _figure_grids(summary, targets, default, device, path) -> None:
+    """The grid sweep: colour = sampler, line style and marker = grid; energy distance and mass error."""
+    plt = pyplot()
     sweep_fams = [f for f in GRID_SWEEP if f in default]
-    lss = {"uniform": "-", "logsnr": "--", "karras": "-.", "quadratic": ":"}
-    mks = {"uniform": "o", "logsnr": "s", "karras": "^", "quadratic": "v"}
+    lss, mks = GRID_LINES, GRID_MARKERS
     fig, axes = plt.subplots(2, len(targets), figsize=(4.6 * len(targets), 7.2), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for j, oracle in enumerate(targets):
-        s0 = next(s for s in summary if s["oracle"] == oracle)
         for row, key in ((0, "dist"), (1, "mass")):
             ax = axes[row][j]
             if key == "mass" and oracle == DIGITS:
@@ -727,28 +706,34 @@ def _figures(summary, targets, device: str, paths) -> None:
             for k, fam in enumerate(sweep_fams):
                 for g in GRIDS:
                     style = dict(color=cmap(k), ls=lss[g], marker=mks[g], ms=3.5, lw=1.2)
-                    draw(ax, oracle, fam, g, "nfe", key, style, None, band=False)
-            _null_line(ax, s0["null_q99"] if key == "dist" else s0["null_mass"], oracle)
+                    _draw(ax, summary, oracle, fam, g, "nfe", key, style, None, band=False)
+            _null_line(ax, _null_of(summary, oracle, "null_q99" if key == "dist" else "null_mass"), oracle)
             # One legend entry per sampler (colour) and per grid (line style), not per pair.
             for k, fam in enumerate(sweep_fams):
                 ax.plot([], [], color=cmap(k), lw=3, label=fam)
             for g in GRIDS:
                 ax.plot([], [], color="0.3", ls=lss[g], marker=mks[g], ms=3.5, label=f"grid {g}")
-            finish(ax, f"{oracle}: time grids", "NFE per sample",
-                   ylab(oracle) if key == "dist" else "mass error max_k |w_hat - w|")
+            _finish(ax, f"{oracle}: time grids", "NFE per sample",
+                    _ylab(oracle) if key == "dist" else "mass error max_k |w_hat - w|")
     fig.suptitle(f"Time-grid sweep ({device})", fontsize=10)
-    _save(fig, paths["png_grids"])
+    _save(fig, path)
 
-    # 4. energy distance vs wall time (colour per sampler group; one shared legend in the last panel)
+
+def _figure_wall(summary, targets, groups, default, device, path) -> None:
+    """Energy distance vs wall time: colour per sampler group; one shared legend in the last panel."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    plt = pyplot()
+    cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, len(targets) + 1, figsize=(4.6 * (len(targets) + 1), 4.2), squeeze=False)
     for j, oracle in enumerate(targets):
         ax = axes[0][j]
         for i, (gname, members) in enumerate(groups.items()):
             for k, fam in enumerate(members):
                 style = dict(color=cmap(i), marker="osD^vPX*"[k % 8], ms=3.5, lw=1.0)
-                draw(ax, oracle, fam, default[fam], "wall_s", "dist", style, None, band=False)
-        _null_line(ax, next(s["null_q99"] for s in summary if s["oracle"] == oracle), oracle)
-        finish(ax, oracle, "wall time [s]", ylab(oracle))
+                _draw(ax, summary, oracle, fam, default[fam], "wall_s", "dist", style, None, band=False)
+        _null_line(ax, _null_of(summary, oracle), oracle)
+        _finish(ax, oracle, "wall time [s]", _ylab(oracle))
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     leg = axes[0][-1]
@@ -759,14 +744,24 @@ def _figures(summary, targets, device: str, paths) -> None:
     leg.axis("off")
     leg.legend(loc="center left", fontsize=7, frameon=False)
     fig.suptitle(f"Energy distance vs wall time per run ({device})", fontsize=10)
-    _save(fig, paths["png_wall"])
+    _save(fig, path)
+
+
+def _figures(summary, targets, device: str, paths) -> None:
+    """The four figures of the study (see the module docstring)."""
+    default = _default_grid_of(summary)
+    groups = _figure_groups(default)
+    _figure_nfe(summary, targets, groups, default, device, paths["png"])
+    _figure_errors(summary, targets, default, device, paths["png_errors"])
+    _figure_grids(summary, targets, default, device, paths["png_grids"])
+    _figure_wall(summary, targets, groups, default, device, paths["png_wall"])
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="a few configurations on small n (seconds)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--n", type=int, default=None, help="samples per oracle run (default 2000; 200 with --quick)")
@@ -791,8 +786,7 @@ def parse(argv=None):
     p.add_argument("--digits-steps", type=int, default=None,
                    help="training steps of the digits model when no checkpoint is given (default 5000; 30 quick)")
     args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda asked for, but torch sees no CUDA device")
+    require_device(p, args.device)
     if args.quick:
         args.budgets = args.budgets or [10, 40]
         args.long_budgets = args.long_budgets if args.long_budgets is not None else []
@@ -859,7 +853,7 @@ def warm_up(device: torch.device) -> None:
     for sampler, opts in runs:
         sample(mix.score_fn(sde), sde, (16, 2), sampler=sampler, device=device,
                generator=torch.Generator(device=device).manual_seed(0), **opts)
-    _sync(device)
+    sync(device)
 
 
 def main(argv=None) -> dict[str, Path]:

@@ -19,16 +19,14 @@ Writes ``ddpm_vs_sde_gap.csv`` and ``ddpm_vs_sde_gap.png`` into ``--out`` (atomi
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from scoresde import VPSDE
-from scoresde.io import atomic_write
+from _common import csv_bytes, pyplot, write_png
+from scoresde import VPSDE, atomic_write
 
 FIELDS = ["schedule", "N", "max_abs_gap", "t_at_max", "sharp_bound", "bound_C_over_N", "rounding_bound"]
 U64 = np.finfo(np.float64).eps / 2
@@ -81,11 +79,7 @@ def slope(rows: list[dict]) -> float:
 
 
 def plot(lin_rows, cos_rows, profile, path: Path, beta_min, beta_max, s) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     Ns = np.array([r["N"] for r in lin_rows])
     ax.loglog(Ns, [r["max_abs_gap"] for r in lin_rows], "o-", color="C0",
@@ -118,10 +112,7 @@ def plot(lin_rows, cos_rows, profile, path: Path, beta_min, beta_max, s) -> None
     bx.set_title("linear schedule: N gap$_i$ and its two-sided bound")
     bx.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    write_png(path, fig, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,12 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in lin_rows + cos_rows:
-        w.writerow({k: (f"{v:.6e}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write(out / "ddpm_vs_sde_gap.csv", buf.getvalue().encode())
+    formatted = [{k: (f"{v:.6e}" if isinstance(v, float) else v) for k, v in r.items()} for r in lin_rows + cos_rows]
+    atomic_write(out / "ddpm_vs_sde_gap.csv", csv_bytes(formatted, FIELDS, lineterminator="\n"))
     profile = (linear_gap(50, args.beta_min, args.beta_max), linear_gap(1000, args.beta_min, args.beta_max))
     plot(lin_rows, cos_rows, profile, out / "ddpm_vs_sde_gap.png", args.beta_min, args.beta_max, args.s)
 

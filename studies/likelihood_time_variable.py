@@ -22,30 +22,17 @@ Fewer calls at the same error would mean a faster default; see docs/performance.
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import math
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from scoresde import VPSDE, bits_per_dim, log_likelihood
-from scoresde.io import atomic_write
+from _common import SCORE_FIELDS, make_field, md_row, md_table, parser, timed
+from scoresde import VPSDE, atomic_write, bits_per_dim, log_likelihood
 from scoresde.likelihood import divergence, draw_probes
 from scoresde.solvers import solve_ode
 
 VARIABLES = ("t", "sigma_bar", "log_sigma_bar")
-
-
-def _bench_module():
-    """The score fields of studies/bench_likelihood.py (one definition of the trained test net)."""
-    path = Path(__file__).resolve().parent / "bench_likelihood.py"
-    spec = importlib.util.spec_from_file_location("bench_likelihood", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def likelihood_in(variable: str, score_fn, sde, x, *, rtol: float, seed: int, eps: float = 1e-5,
@@ -89,13 +76,12 @@ def likelihood_in(variable: str, score_fn, sde, x, *, rtol: float, seed: int, ep
 
 
 def run(args) -> list[dict]:
-    bench = _bench_module()
     sde = VPSDE()
     dev = torch.device(args.device)
     rows = []
     for field in args.fields:
-        fargs = SimpleNamespace(seed=args.seed, train_steps=args.train_steps)
-        score32, score64, x, desc = bench.make_field(field, sde, args.batch, dev, fargs)
+        score32, score64, x, desc = make_field(field, sde, args.batch, dev, seed=args.seed,
+                                               train_steps=args.train_steps)
         D = x[0].numel()
         ref, _ = likelihood_in("t", score64, sde, x.double(), rtol=args.ref_rtol, seed=args.seed)
         ref_bpd = bits_per_dim(ref, D)
@@ -107,9 +93,8 @@ def run(args) -> list[dict]:
                                  note="float64 reference in this variable vs in t"))
         for rtol in args.rtols:
             for variable in VARIABLES:
-                t0 = time.perf_counter()
-                logp, calls = likelihood_in(variable, score32, sde, x, rtol=rtol, seed=args.seed)
-                wall = time.perf_counter() - t0
+                (logp, calls), wall = timed(
+                    lambda: likelihood_in(variable, score32, sde, x, rtol=rtol, seed=args.seed), dev)
                 err = (bits_per_dim(logp, D) - ref_bpd).abs()
                 rows.append(dict(field=field, variable=variable, rtol=rtol, calls=calls, wall_s=wall,
                                  max_abs_dbpd=float(err.max()), note=desc))
@@ -122,18 +107,18 @@ def markdown(rows: list[dict], args) -> str:
              f"{args.ref_rtol:g}|). Command: `python studies/likelihood_time_variable.py"
              f"{' --quick' if args.quick else ''}` on {args.device}.", ""]
     for field in dict.fromkeys(r["field"] for r in rows):
-        lines += [f"### {field}", "", "| rtol | variable | batched calls | max abs dbpd | wall [s] |", "|---|---|---|---|---|"]
+        lines += [f"### {field}", "", *md_table(["rtol", "variable", "batched calls", "max abs dbpd", "wall [s]"])]
         for r in rows:
             if r["field"] == field:
                 wall = "" if r["wall_s"] == "" else f"{r['wall_s']:.2f}"
                 calls = "reference" if r["calls"] == "" else r["calls"]
-                lines.append(f"| {r['rtol']:g} | {r['variable']} | {calls} | {r['max_abs_dbpd']:.1e} | {wall} |")
+                lines.append(md_row([f"{r['rtol']:g}", r["variable"], calls, f"{r['max_abs_dbpd']:.1e}", wall]))
         lines.append("")
     return "\n".join(lines)
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="tiny batch, two loose tolerances (seconds)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--fields", default="net,mixture", help="comma-separated: net, mixture")
@@ -146,7 +131,7 @@ def parse(argv=None):
     args.ref_rtol = 1e-5 if q else 1e-8
     args.train_steps = 10 if q else 500
     args.fields = [f.strip() for f in args.fields.split(",") if f.strip()]
-    if not args.fields or any(f not in ("net", "mixture") for f in args.fields):
+    if not args.fields or any(f not in SCORE_FIELDS for f in args.fields):
         p.error(f"--fields takes net and/or mixture, got {args.fields}")
     return args
 

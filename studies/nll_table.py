@@ -18,7 +18,7 @@ Workflow (2) of the package: the negative log-likelihood in bits/dim on a test s
   estimators can be compared image for image.
 * **Baselines**, fitted to the dequantized training images and evaluated on the same test images
   with the same dequantization and offset: a full-covariance Gaussian and a Gaussian mixture
-  (EM), from ``studies/baselines.py``.
+  (EM), the ones of ``studies/baselines.py`` (both from ``studies/_common.py``).
 * **Oracle check.** For samples of a known 64-D Gaussian mixture (:func:`scoresde.mixture_nd`) the
   pipeline (:func:`scoresde.log_likelihood`, exact score, exact trace) is compared with the
   analytic ``log p_eps`` (:meth:`GaussianMixture.marginal_log_prob`) under each of the three SDEs,
@@ -53,24 +53,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
-import io
 import math
-import os
-import platform
 import shlex
 import sys
-import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from scoresde import (TrainConfig, bits_per_dim, build_sde, dequantize, evaluate_bpd, load_digits, load_model,
-                      log_likelihood, mixture_nd, train)
-from scoresde.io import atomic_write
+from _common import (baseline_bpds, csv_bytes, environment, md_row, md_table, parser, png_bytes, pyplot, require_device,
+                     timed)
+from scoresde import (TrainConfig, atomic_write, build_sde, evaluate_bpd, load_digits, load_model, log_likelihood,
+                      mixture_nd, train)
 
 MODELS = ("vp", "subvp", "ve")
 MODEL_LABEL = {"vp": "VP", "subvp": "sub-VP", "ve": "VE"}
@@ -109,15 +104,6 @@ STR_FIELDS = ("kind", "model", "estimator", "trace", "info", "device", "torch", 
 # ---------------------------------------------------------------------------------------------
 # Pieces
 # ---------------------------------------------------------------------------------------------
-def _baselines_module():
-    """studies/baselines.py (one definition of the Gaussian and GMM baselines)."""
-    path = Path(__file__).resolve().parent / "baselines.py"
-    spec = importlib.util.spec_from_file_location("baselines", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def estimators(n_probes: int) -> list[tuple[str, str, int]]:
     """``(label, trace, n_probes)`` of the three estimators."""
     return [("rademacher x1", "rademacher", 1), (f"rademacher x{n_probes}", "rademacher", n_probes),
@@ -138,24 +124,12 @@ def distribution_stats(per_sample: torch.Tensor, threshold: float) -> dict:
     return dict(median=float(v.median()) if v.numel() else math.nan, n_outliers=int((v > threshold).sum()))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _seed(seed: int, *parts: int) -> int:
     """A seed per (model, estimator), independent of which other models are run."""
     out = seed
     for p in parts:
         out = out * 1_000_003 + p + 1
     return out % 2**62
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return (f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} thread(s))")
 
 
 def train_config(plan: dict, sde: str, runs_dir: Path, seed: int, device: torch.device) -> TrainConfig:
@@ -206,13 +180,10 @@ def evaluate_model(name: str, model, cfg: TrainConfig, meta: dict, ds, args, pla
         repeats = plan["exact_repeats"] if trace == "exact" else plan["repeats"]
         data = ds.test[:n].to(device)
         gen = torch.Generator(device=device).manual_seed(_seed(args.seed, MODELS.index(name), k))
-        _sync(device)
-        t0 = time.perf_counter()
-        res = evaluate_bpd(model.score_fn, sde, data, repeats=repeats, trace=trace, n_probes=n_probes, eps=EPS,
-                           rtol=plan["rtol"], atol=plan["rtol"], batch_size=args.batch_size, generator=gen,
-                           device=device, progress=args.progress, **ds.bpd_kwargs())
-        _sync(device)
-        wall = time.perf_counter() - t0
+        res, wall = timed(lambda: evaluate_bpd(
+            model.score_fn, sde, data, repeats=repeats, trace=trace, n_probes=n_probes, eps=EPS, rtol=plan["rtol"],
+            atol=plan["rtol"], batch_size=args.batch_size, generator=gen, device=device, progress=args.progress,
+            **ds.bpd_kwargs()), device)
         per = res.per_sample_bpd
         sub_mean, sub_se = summarise(per[:n_exact])
         rows.append(dict(kind="model", model=name, estimator=label, trace=trace, n_probes=n_probes if trace != "exact"
@@ -227,7 +198,6 @@ def evaluate_model(name: str, model, cfg: TrainConfig, meta: dict, ds, args, pla
 
 def baseline_rows(ds, args, plan, bar) -> list[dict]:
     """Gaussian and GMM (studies/baselines.py) on the same test images, with per-image values."""
-    bl = _baselines_module()
     n_test = ds.test.shape[0] if plan["n_test"] is None else min(plan["n_test"], ds.test.shape[0])
     n_exact = min(plan["n_exact"], n_test)
     test = ds.test[:n_test]
@@ -235,15 +205,9 @@ def baseline_rows(ds, args, plan, bar) -> list[dict]:
     rows = []
     for model, k in (("gaussian", None), (f"gmm (K={plan['gmm_k']})", plan["gmm_k"])):
         g = torch.Generator().manual_seed(_seed(args.seed, 100 + (k or 0)))
-        t0 = time.perf_counter()
-        bpd = []
-        for r in range(plan["baseline_repeats"]):
-            tr = dequantize(ds.train.double(), ds.n_levels, ds.data_range, g)
-            te = dequantize(test.double(), ds.n_levels, ds.data_range, g)
-            logp = bl.gaussian_logp(tr, te) if k is None else bl.gmm_logp(tr, te, k, args.seed + r)
-            bpd.append(bits_per_dim(logp, ds.num_dims, n_levels=ds.n_levels, data_range=ds.data_range))
-        wall = time.perf_counter() - t0
-        per = torch.stack(bpd).mean(0)
+        bpd, wall = timed(lambda: baseline_bpds(ds, test, k, plan["baseline_repeats"], g, args.seed),
+                          torch.device("cpu"))
+        per = bpd.mean(0)
         mean, se = summarise(per)
         sub_mean, sub_se = summarise(per[:n_exact])
         info = ("maximum-likelihood full-covariance Gaussian of the dequantized training images" if k is None else
@@ -266,11 +230,8 @@ def oracle_rows(sdes: dict, args, plan, device, bar) -> list[dict]:
     rows = []
     to_bpd = 1.0 / (D * math.log(2.0))
     for name, sde in sdes.items():
-        _sync(device)
-        t0 = time.perf_counter()
-        res = log_likelihood(mix.score_fn(sde), sde, x, trace="exact", eps=EPS, rtol=tol, atol=tol)
-        _sync(device)
-        wall = time.perf_counter() - t0
+        res, wall = timed(lambda: log_likelihood(mix.score_fn(sde), sde, x, trace="exact", eps=EPS, rtol=tol, atol=tol),
+                          device)
         z = res.z.detach().double().cpu()
         xc = x.cpu()
         mismatch = res.prior_logp - mix.marginal_log_prob(z, sde.T, sde)
@@ -298,8 +259,7 @@ def run(args) -> list[dict]:
     plan = PLANS["quick" if args.quick else "full"]
     plan = dict(plan, **{k: v for k, v in args.overrides.items() if v is not None})
     ds = load_digits()
-    stamp = dict(device=device_name(device), torch=str(torch.__version__), date=date.today().isoformat(),
-                 command=args.command)
+    stamp = dict(environment(device, cores=True), command=args.command)
     n_work = (len(args.models) * 4 if "models" in args.parts else 0) + 2 * ("baselines" in args.parts) \
         + len(args.models) * ("oracle" in args.parts)
     rows = []
@@ -353,24 +313,23 @@ def markdown(rows: list[dict]) -> str:
             f"per-sample dopri5, rtol = atol = {_f(ref['rtol'], 'g')}, EMA weights. NFE: mean score evaluations "
             f"per image and evaluation (each one forward and one VJP per probe, 64 for the exact trace). The last "
             f"column is every row on the same first {ref['subset_n']} test images as the exact trace.", "",
-            f"| model | estimator | N | repeats | bits/dim | median | outliers | NFE | wall [s] | "
-            f"bits/dim on the exact subset (N={ref['subset_n']}) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            *md_table(["model", "estimator", "N", "repeats", "bits/dim", "median", "outliers", "NFE", "wall [s]",
+                       f"bits/dim on the exact subset (N={ref['subset_n']})"])]
         for r in models + base:
             name = MODEL_LABEL.get(r["model"], r["model"]) + (" score model" if r["kind"] == "model" else "")
             fail = f" ({r['n_failed']} failed)" if r["n_failed"] else ""
-            lines.append(f"| {name} | {r['estimator']} | {r['n']} | {r['repeats']} | {_f(r['mean'])} ± "
-                         f"{_f(r['stderr'])}{fail} | {_f(r['median'])} | {r['n_outliers']} | "
-                         f"{_f(r['nfe_mean'], '.0f')} | {_f(r['wall_s'], '.1f')} | {_f(r['subset_mean'])} ± "
-                         f"{_f(r['subset_stderr'])} |")
+            lines.append(md_row([name, r["estimator"], r["n"], r["repeats"],
+                                 f"{_f(r['mean'])} ± {_f(r['stderr'])}{fail}", _f(r["median"]), r["n_outliers"],
+                                 _f(r["nfe_mean"], ".0f"), _f(r["wall_s"], ".1f"),
+                                 f"{_f(r['subset_mean'])} ± {_f(r['subset_stderr'])}"]))
         lines.append("")
     if models:
         lines += ["Training (same network and budget for the three SDEs):", "",
-                  "| model | steps | train [s] | last loss | configuration |", "|---|---|---|---|---|"]
+                  *md_table(["model", "steps", "train [s]", "last loss", "configuration"])]
         for name in dict.fromkeys(r["model"] for r in models):
             r = next(m for m in models if m["model"] == name)
-            lines.append(f"| {MODEL_LABEL.get(name, name)} | {r['train_steps']} | {_f(r['train_s'], '.0f')} | "
-                         f"{_f(r['train_loss'], '.4g')} | {r['info']} |")
+            lines.append(md_row([MODEL_LABEL.get(name, name), r["train_steps"], _f(r["train_s"], ".0f"),
+                                 _f(r["train_loss"], ".4g"), r["info"]]))
         lines.append("")
     if oracle:
         o = oracle[0]
@@ -382,32 +341,18 @@ def markdown(rows: list[dict]) -> str:
                   f"budget: n_accepted sqrt(D + 1) (atol + rtol |delta logp|) / (D ln 2), the smallest over samples; "
                   f"prior mismatch: its largest size over samples (what the difference would be without the "
                   f"correction).", "",
-                  "| SDE | computed | analytic | max abs difference | error budget | prior mismatch | NFE |",
-                  "|---|---|---|---|---|---|---|"]
+                  *md_table(["SDE", "computed", "analytic", "max abs difference", "error budget", "prior mismatch",
+                             "NFE"])]
         for r in oracle:
-            lines.append(f"| {MODEL_LABEL.get(r['model'], r['model'])} | {_f(r['mean'], '.6f')} | "
-                         f"{_f(r['analytic'], '.6f')} | {_f(r['difference'], '.1e')} | {_f(r['tol_bound'], '.1e')} | "
-                         f"{_f(r['prior_mismatch'], '.1e')} | {_f(r['nfe_mean'], '.0f')} |")
+            lines.append(md_row([MODEL_LABEL.get(r["model"], r["model"]), _f(r["mean"], ".6f"),
+                                 _f(r["analytic"], ".6f"), _f(r["difference"], ".1e"), _f(r["tol_bound"], ".1e"),
+                                 _f(r["prior_mismatch"], ".1e"), _f(r["nfe_mean"], ".0f")]))
         lines.append("")
     return "\n".join(lines)
 
 
-def figure(rows: list[dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = [r for r in rows if r["kind"] == "model"]
-    base = [r for r in rows if r["kind"] == "baseline"]
-    oracle = [r for r in rows if r["kind"] == "oracle"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw=dict(width_ratios=[1.4, 1.2, 0.9]))
-    names = list(dict.fromkeys(r["model"] for r in models))
-    ests = list(dict.fromkeys(r["estimator"] for r in models))
-    cmap = plt.get_cmap("tab10")
-    width = 0.8 / max(len(ests), 1)
-
-    ax = axes[0]
+def _bpd_panel(ax, models: list[dict], base: list[dict], names: list[str], ests: list[str], cmap, width) -> None:
+    """Test bits/dim per model and estimator (mean ± SE, median bar) and the baselines as lines."""
     # The axis shows the bulk: medians, and means within 0.5 bits/dim of their row's median; a mean
     # pulled up by a few outlier images is drawn as an arrow at the top with its value.
     core = [v for r in models + base for v in (r["median"], r["mean"])
@@ -440,7 +385,9 @@ def figure(rows: list[dict]) -> bytes:
     if models or base:
         ax.legend(fontsize=7, loc="best")
 
-    ax = axes[1]
+
+def _cost_panel(ax, models: list[dict], names: list[str], ests: list[str], cmap, width, device: str) -> None:
+    """Wall time per image and repeat of each model and estimator, labelled with the NFE."""
     for j, est in enumerate(ests):
         for i, name in enumerate(names):
             r = next((m for m in models if m["model"] == name and m["estimator"] == est), None)
@@ -453,42 +400,52 @@ def figure(rows: list[dict]) -> bytes:
     ax.set_yscale("log")
     ax.set_xticks(range(len(names)), [MODEL_LABEL.get(n, n) for n in names])
     ax.set_ylabel("wall time per image and repeat [s] (label: NFE)")
-    ax.set_title(f"cost ({rows[0]['device']})", fontsize=9)
+    ax.set_title(f"cost ({device})", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     if ests:
         ax.legend(fontsize=7)
 
-    ax = axes[2]
-    if oracle:
-        xs = range(len(oracle))
-        ax.bar([x - 0.2 for x in xs], [max(r["difference"], 1e-16) for r in oracle], width=0.4,
-               label="max |computed - analytic|")
-        ax.bar([x + 0.2 for x in xs], [r["tol_bound"] for r in oracle], width=0.4, label="error budget")
-        ax.plot(list(xs), [r["prior_mismatch"] for r in oracle], "kx", label="prior mismatch (corrected)")
-        ax.set_xticks(list(xs), [MODEL_LABEL.get(r["model"], r["model"]) for r in oracle])
-        ax.set_yscale("log")
-        ax.set_ylabel("bits/dim")
-        ax.set_title(f"oracle: 64-D mixture, exact score, rtol {oracle[0]['rtol']:g}", fontsize=9)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3, axis="y")
-    else:
+
+def _oracle_panel(ax, oracle: list[dict]) -> None:
+    """The oracle check per SDE: the difference to the analytic density against its error budget."""
+    if not oracle:
         ax.axis("off")
+        return
+    xs = range(len(oracle))
+    ax.bar([x - 0.2 for x in xs], [max(r["difference"], 1e-16) for r in oracle], width=0.4,
+           label="max |computed - analytic|")
+    ax.bar([x + 0.2 for x in xs], [r["tol_bound"] for r in oracle], width=0.4, label="error budget")
+    ax.plot(list(xs), [r["prior_mismatch"] for r in oracle], "kx", label="prior mismatch (corrected)")
+    ax.set_xticks(list(xs), [MODEL_LABEL.get(r["model"], r["model"]) for r in oracle])
+    ax.set_yscale("log")
+    ax.set_ylabel("bits/dim")
+    ax.set_title(f"oracle: 64-D mixture, exact score, rtol {oracle[0]['rtol']:g}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def figure(rows: list[dict]) -> bytes:
+    """Three panels, as PNG: bits/dim per model and estimator, their cost, the oracle check."""
+    plt = pyplot()
+    models = [r for r in rows if r["kind"] == "model"]
+    base = [r for r in rows if r["kind"] == "baseline"]
+    oracle = [r for r in rows if r["kind"] == "oracle"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw=dict(width_ratios=[1.4, 1.2, 0.9]))
+    names = list(dict.fromkeys(r["model"] for r in models))
+    ests = list(dict.fromkeys(r["estimator"] for r in models))
+    cmap = plt.get_cmap("tab10")
+    width = 0.8 / max(len(ests), 1)
+    _bpd_panel(axes[0], models, base, names, ests, cmap, width)
+    _cost_panel(axes[1], models, names, ests, cmap, width, rows[0]["device"])
+    _oracle_panel(axes[2], oracle)
     fig.suptitle(f"{rows[0]['date']}, torch {rows[0]['torch']}", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110)
 
 
 def write_outputs(rows: list[dict], out: Path, tag: str) -> dict[str, Path]:
     paths = {k: out / f"nll_table_{tag}.{k}" for k in ("csv", "md", "png")}
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k, "")) for k in FIELDS})
-    atomic_write(paths["csv"], buf.getvalue())
+    atomic_write(paths["csv"], csv_bytes(rows, FIELDS))
     atomic_write(paths["md"], markdown(rows))
     atomic_write(paths["png"], figure(rows))
     return paths
@@ -527,7 +484,7 @@ def _checkpoints(text: str) -> dict[str, str]:
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="tiny models, a handful of test images (seconds)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=1,
@@ -555,8 +512,7 @@ def parse(argv=None):
     args = p.parse_args(argv)
     args.command = "python studies/nll_table.py" + "".join(
         " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda asked for, but torch sees no CUDA device")
+    require_device(p, args.device)
     if args.threads < 1:
         p.error("--threads must be >= 1")
     default_models = ",".join(args.checkpoints) if args.checkpoints else ",".join(MODELS)

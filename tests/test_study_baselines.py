@@ -1,8 +1,8 @@
 """The baselines study: its Gaussian density is the maximum-likelihood Gaussian (checked against
 scipy's independent implementation), its bits/dim obeys the offset convention, and the quick mode
 runs end to end."""
-import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +12,15 @@ from scipy import stats
 
 from scoresde import Dataset
 
-STUDY = Path(__file__).resolve().parents[1] / "studies" / "baselines.py"
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+if str(STUDIES) not in sys.path:  # import the study as `python studies/baselines.py` runs it
+    sys.path.insert(0, str(STUDIES))
+import baselines as mod  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("baselines", STUDY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_gaussian_logp_is_the_ml_gaussian():
-    mod = load()
     g = torch.Generator().manual_seed(0)
     a = torch.randn(500, 3, generator=g, dtype=torch.float64) @ torch.tensor([[1.0, 0.3, 0], [0, 2.0, 0.5], [0, 0, 0.7]],
                                                                             dtype=torch.float64)
@@ -39,7 +35,6 @@ def test_uniform_cells_give_log2_levels_bits_for_a_flat_gaussian_limit():
     """Data spread uniformly over all cells of a wide grid: a Gaussian fitted to many points has
     bits/dim close to the entropy it assigns, which exceeds log2(n_levels) (the uniform model) by
     the Gaussian-vs-uniform KL, 0.5 log2(2 pi e / 12) = 0.2546 bits per dim for a uniform variable."""
-    mod = load()
     n_levels, lo, hi = 4, -1.0, 1.0
     w = (hi - lo) / n_levels
     g = torch.Generator().manual_seed(1)
@@ -54,7 +49,6 @@ def test_uniform_cells_give_log2_levels_bits_for_a_flat_gaussian_limit():
 
 def test_quick_mode(tmp_path):
     pytest.importorskip("sklearn")
-    mod = load()
     out = mod.main(["--quick", "--out", str(tmp_path)])
     text = out["md"].read_text()
     assert "| gaussian |" in text and "gmm (K=4)" in text

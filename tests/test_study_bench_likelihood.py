@@ -6,25 +6,20 @@ with their definitions, and that memory does not grow with the number of steps w
 does see a deliberate leak of the same order.
 """
 import csv
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
-STUDY = Path(__file__).resolve().parents[1] / "studies" / "bench_likelihood.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("bench_likelihood", STUDY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+if str(STUDIES) not in sys.path:  # import the study as `python studies/bench_likelihood.py` runs it
+    sys.path.insert(0, str(STUDIES))
+import bench_likelihood as mod  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_likelihood")
-    mod = load()
     paths = mod.main(["--quick", "--out", str(out)])
     return mod, paths, list(csv.DictReader(open(paths["csv"])))
 
@@ -98,7 +93,6 @@ def test_outputs_and_replot(quick_run, tmp_path):
 
 
 def test_bad_arguments_are_clear_errors(capsys):
-    mod = load()
     for argv, msg in ((["--fields", "unet"], "--fields takes"), (["--mem-steps", "a,b"], "--mem-steps must"),
                       (["--batch", "0"], "--batch"), (["--rtol", "-1"], "--rtol must")):
         with pytest.raises(SystemExit):

@@ -1,28 +1,23 @@
 """The solver-comparison study runs end to end in its quick mode, so it never rots; what it measures
 is checked against the truth of its oracles, not against its own earlier output."""
 import csv
-import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
 from scoresde.sampling import SAMPLERS
 
-STUDY = Path(__file__).resolve().parents[1] / "studies" / "compare_solvers.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("compare_solvers", STUDY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+if str(STUDIES) not in sys.path:  # import the study as `python studies/compare_solvers.py` runs it
+    sys.path.insert(0, str(STUDIES))
+import compare_solvers as mod  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare_solvers")
-    mod = load()
     paths = mod.main(["--quick", "--out", str(out)])
     return mod, out, paths, list(csv.DictReader(open(paths["csv"])))
 
@@ -120,7 +115,6 @@ def test_speed_table_and_outputs(quick):
 
 
 def test_bad_arguments_are_clear_errors(capsys):
-    mod = load()
     with pytest.raises(SystemExit):
         mod.parse(["--n", "1"])
     assert "--n must be" in capsys.readouterr().err

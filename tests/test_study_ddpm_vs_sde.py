@@ -4,20 +4,16 @@ linear numbers are re-derived here from the paper formulas with numpy (Song et a
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
-STUDY = Path(__file__).resolve().parents[1] / "studies" / "ddpm_vs_sde.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("ddpm_vs_sde_study", STUDY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+if str(STUDIES) not in sys.path:  # import the study as `python studies/ddpm_vs_sde.py` runs it
+    sys.path.insert(0, str(STUDIES))
+import ddpm_vs_sde as mod  # noqa: E402
 
 
 def _independent_max_gap(N, bmin=0.1, bmax=20.0):
@@ -28,7 +24,7 @@ def _independent_max_gap(N, bmin=0.1, bmax=20.0):
 
 
 def test_quick_study_writes_csv_and_figure(tmp_path):
-    rc = _load().main(["--quick", "--out", str(tmp_path)])
+    rc = mod.main(["--quick", "--out", str(tmp_path)])
     assert rc == 0
     png = tmp_path / "ddpm_vs_sde_gap.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -1,7 +1,7 @@
 """The time-variable study runs in its quick mode, and its change of variables is exact: the
 likelihood solved in sigma_bar or log sigma_bar equals the one solved in t (and the analytic
 log-density of a Gaussian mixture) up to the solver tolerance."""
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,15 +9,12 @@ import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, mixture_nd
 
-STUDY = Path(__file__).resolve().parents[1] / "studies" / "likelihood_time_variable.py"
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+if str(STUDIES) not in sys.path:  # import the study as `python studies/likelihood_time_variable.py` runs it
+    sys.path.insert(0, str(STUDIES))
+import likelihood_time_variable as mod  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("likelihood_time_variable", STUDY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(sigma_min=0.01, sigma_max=20.0)], ids=repr)
@@ -26,7 +23,6 @@ def test_reparameterised_likelihood_is_the_same_estimate(sde):
     the t-integral of v^T (df/dx) v minus D log(m(T)/m(eps)), which the formula adds back: the three
     variables give the same number per probe, up to the solver tolerance, if the change of
     variables is right (a missing Jacobian term would shift VP/sub-VP by D |log m| ~ 15 nats)."""
-    mod = load()
     mix = mixture_nd(D=3, K=2, seed=1)
     x = mix.sample(6, generator=torch.Generator().manual_seed(0)).double()
     score = mix.score_fn(sde)
@@ -40,7 +36,6 @@ def test_reparameterised_likelihood_is_the_same_estimate(sde):
 
 
 def test_quick_mode_writes_its_table(tmp_path):
-    mod = load()
     path = mod.main(["--quick", "--out", str(tmp_path)])
     text = path.read_text()
     for variable in mod.VARIABLES:

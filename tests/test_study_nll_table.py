@@ -6,26 +6,21 @@ N and repeats as asked); the oracle rows match the analytic log-density within t
 derived from the solver tolerance; a run loaded with --checkpoints gives the same numbers as the
 run that trained it; and --replot rebuilds the table from the CSV alone.
 """
-import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
-STUDY = Path(__file__).resolve().parents[1] / "studies" / "nll_table.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("nll_table", STUDY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+if str(STUDIES) not in sys.path:  # import the study as `python studies/nll_table.py` runs it
+    sys.path.insert(0, str(STUDIES))
+import nll_table as mod  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("nll_table")
-    mod = load()
     paths = mod.main(["--quick", "--out", str(out), "--runs-dir", str(out / "runs"), "--no-progress"])
     return mod, out, paths, mod.read_rows(paths["csv"])
 
@@ -119,7 +114,6 @@ def test_a_checkpoint_evaluates_to_the_same_numbers_as_the_run_that_trained_it(q
 
 
 def test_bad_arguments_are_clear_errors(tmp_path, capsys):
-    mod = load()
     for argv, msg in ((["--checkpoints", "vq=x"], "model=PATH pairs"),
                       (["--checkpoints", f"vp={tmp_path}"], "no checkpoint file there"),
                       (["--models", "vp,ddpm"], "--models takes"), (["--parts", "oracles"], "--parts takes"),
