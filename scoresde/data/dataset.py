@@ -89,7 +89,7 @@ class Dataset:
         return (hi - lo) / self.n_levels
 
     def bpd_kwargs(self) -> Dict[str, Any]:
-        """Keyword arguments for :func:`scoresde.evaluate.evaluate_bpd`: the grid and uniform dequantization.
+        """Keyword arguments for :func:`scoresde.likelihood.evaluate_bpd`: the grid and uniform dequantization.
 
         ``evaluate_bpd(score_fn, sde, ds.test, **ds.bpd_kwargs())``. Continuous data have no grid,
         so there is no bits/dim offset to take from them: this raises ``ValueError``.
