@@ -10,6 +10,8 @@ the ``device`` fixture.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,12 @@ from hypothesis import settings
 settings.register_profile("scoresde", deadline=None, max_examples=20)
 settings.register_profile("thorough", deadline=None, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "scoresde"))
+
+#: The study scripts are imported by their tests as ``python studies/<name>.py`` runs them: with
+#: ``studies/`` on ``sys.path`` (so their ``from _common import ...`` works).
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+if str(STUDIES) not in sys.path:
+    sys.path.insert(0, str(STUDIES))
 
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -2,8 +2,6 @@
 scipy's independent implementation), its bits/dim obeys the offset convention, and the quick mode
 runs end to end."""
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +10,7 @@ from scipy import stats
 
 from scoresde import Dataset
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
-if str(STUDIES) not in sys.path:  # import the study as `python studies/baselines.py` runs it
-    sys.path.insert(0, str(STUDIES))
-import baselines as mod  # noqa: E402
+import baselines as mod
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,15 +6,10 @@ with their definitions, and that memory does not grow with the number of steps w
 does see a deliberate leak of the same order.
 """
 import csv
-import sys
-from pathlib import Path
 
 import pytest
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
-if str(STUDIES) not in sys.path:  # import the study as `python studies/bench_likelihood.py` runs it
-    sys.path.insert(0, str(STUDIES))
-import bench_likelihood as mod  # noqa: E402
+import bench_likelihood as mod
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,12 @@
 is checked against the truth of its oracles, not against its own earlier output."""
 import csv
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from scoresde.sampling import SAMPLERS
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
-if str(STUDIES) not in sys.path:  # import the study as `python studies/compare_solvers.py` runs it
-    sys.path.insert(0, str(STUDIES))
-import compare_solvers as mod  # noqa: E402
+import compare_solvers as mod
 
 
 @pytest.fixture(scope="module")

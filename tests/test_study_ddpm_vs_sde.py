@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
-if str(STUDIES) not in sys.path:  # import the study as `python studies/ddpm_vs_sde.py` runs it
-    sys.path.insert(0, str(STUDIES))
-import ddpm_vs_sde as mod  # noqa: E402
+import ddpm_vs_sde as mod
 
 
 def _independent_max_gap(N, bmin=0.1, bmax=20.0):

@@ -1,18 +1,13 @@
 """The time-variable study runs in its quick mode, and its change of variables is exact: the
 likelihood solved in sigma_bar or log sigma_bar equals the one solved in t (and the analytic
 log-density of a Gaussian mixture) up to the solver tolerance."""
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, mixture_nd
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
-if str(STUDIES) not in sys.path:  # import the study as `python studies/likelihood_time_variable.py` runs it
-    sys.path.insert(0, str(STUDIES))
-import likelihood_time_variable as mod  # noqa: E402
+import likelihood_time_variable as mod
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,15 +7,10 @@ derived from the solver tolerance; a run loaded with --checkpoints gives the sam
 run that trained it; and --replot rebuilds the table from the CSV alone.
 """
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
-if str(STUDIES) not in sys.path:  # import the study as `python studies/nll_table.py` runs it
-    sys.path.insert(0, str(STUDIES))
-import nll_table as mod  # noqa: E402
+import nll_table as mod
 
 
 @pytest.fixture(scope="module")
