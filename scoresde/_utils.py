@@ -1,4 +1,4 @@
-"""Small shared helpers: per-sample broadcasting and input validation.
+"""Small shared helpers: per-sample broadcasting, input validation and seed derivation.
 
 The validators (:func:`check_int`, :func:`check_number`, :func:`check_choice`,
 :func:`check_probability`, :func:`check_eps`) are the one place each check is written; every one
@@ -7,6 +7,7 @@ and what was given. Nothing here is public API; modules import what they need by
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Sequence, Union
 
@@ -141,6 +142,15 @@ def check_positive(**params: float) -> None:
     for k, v in params.items():
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{k} must be a finite positive number, got {v!r}")
+
+
+def derive_seed(seed: int, *tags: Any) -> int:
+    """A 63-bit seed from ``(seed, *tags)``: the first 8 bytes (little-endian, shifted right by one)
+    of the SHA-256 digest of ``repr((int(seed), *tags))``. Independent streams for independent uses
+    (the training loop's init / noise / data streams, the chunks of ``scoresde sample``), each a
+    pure function of the seed and its tags; the tags must have a stable ``repr`` (str, int)."""
+    digest = hashlib.sha256(repr((int(seed),) + tags).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def log_expm1(x: torch.Tensor) -> torch.Tensor:

@@ -140,6 +140,58 @@ def test_sample_options_beyond_the_common_ones(toy_run, tmp_path, capsys, sample
     assert {k: saved["info"][k] for k in info} == info
 
 
+def test_sample_chunks_have_their_own_streams(toy_run, tmp_path, capsys):
+    """The documented rule: sample indices are cut into chunks of --chunk-size, chunk c is one sampler
+    call with Generator().manual_seed(derive_seed(seed, "sample", c)); the file holds them in order."""
+    from scoresde._utils import derive_seed
+    from scoresde.sampling import sample
+    from scoresde.training import load_model
+
+    code, out, err = _run(["sample", "--checkpoint", str(toy_run), "--sampler", "euler_maruyama", "--steps", "6",
+                           "--n", "7", "--chunk-size", "3", "--seed", "5", "--out", str(tmp_path), "--no-progress"],
+                          capsys)
+    assert code == 0, err
+    saved = torch.load(tmp_path / "samples_euler_maruyama.pt", weights_only=False)
+    assert saved["chunk_size"] == 3 and saved["world_size"] == 1 and saved["x"].shape == (7, 2)
+    model, _, _ = load_model(toy_run / "checkpoint_last.pt", use_ema=True)
+    for c, (a, b) in enumerate([(0, 3), (3, 6), (6, 7)]):
+        gen = torch.Generator().manual_seed(derive_seed(5, "sample", c))
+        ref = sample(model.score_fn, model.sde, (b - a, 2), sampler="euler_maruyama", steps=6, generator=gen,
+                     progress=False)
+        assert torch.equal(saved["x"][a:b], ref.x), c
+    assert not torch.equal(saved["x"][0], saved["x"][3])  # chunks 0 and 1 do not share a stream
+
+
+@pytest.mark.parametrize("flag, expect", [([], 1), (["--threads", "2"], 2), (["--threads", "0"], 3)])
+def test_threads_take_effect_in_the_run_and_are_restored(toy_run, tmp_path, capsys, monkeypatch, flag, expect):
+    """``--threads N`` is torch's thread count inside sample, nll and train (recorded in their output,
+    or seen by train itself); 0 keeps the caller's count; the caller's count is restored after."""
+    import types
+
+    import scoresde.training
+
+    seen = []
+
+    def fake_train(cfg, **kw):
+        seen.append(torch.get_num_threads())
+        return types.SimpleNamespace(rank=1)  # a non-zero rank prints nothing
+
+    monkeypatch.setattr(scoresde.training, "train", fake_train)
+    torch.set_num_threads(3)  # the caller's count (the single_thread fixture restores its own afterwards)
+    runs = [["sample", "--checkpoint", str(toy_run), "--sampler", "ddim", "--steps", "2", "--n", "2",
+             "--out", str(tmp_path)],
+            ["nll", "--checkpoint", str(toy_run), "--limit", "2", "--trace", "exact", "--rtol", "1e-2", "--atol",
+             "1e-2", "--out", str(tmp_path / "nll.json")],
+            ["train", "--dataset", "two_moons", "--out", str(tmp_path / "r")]]
+    for argv in runs:
+        code, out, err = _run(argv + ["--no-progress"] + flag, capsys)
+        assert code == 0, err
+        assert torch.get_num_threads() == 3
+    assert torch.load(tmp_path / "samples_ddim.pt", weights_only=False)["threads"] == expect
+    assert json.loads((tmp_path / "nll.json").read_text())["threads"] == expect
+    assert seen == [expect]
+
+
 def test_sample_option_of_the_wrong_kind_is_a_usage_error(toy_run, capsys):
     code, out, err = _run(["sample", "--checkpoint", str(toy_run), "--sampler", "unipc", "--order",
                            "predictor_first"], capsys)

@@ -19,7 +19,7 @@ from scoresde.sampling import CORRECTORS, GRIDS, PREDICTORS, SAMPLERS
 from scoresde.training import TrainConfig
 
 #: train flags that are not TrainConfig fields
-TRAIN_EXTRAS = {"help", "config", "resume", "no_progress"}
+TRAIN_EXTRAS = {"help", "config", "resume", "threads", "no_progress"}
 
 
 def _sub(name: str) -> argparse.ArgumentParser:
@@ -161,6 +161,16 @@ def test_other_commands_reuse_the_generated_flags():
     assert nll["data_root"].option_strings == ["--data-root"] and nll["data_root"].default is None
     p = argparse.ArgumentParser()
     assert list(add_config_flags(p, only=("lr", "net"))) == ["net", "lr"]
+
+
+@pytest.mark.parametrize("name", ["train", "sample", "nll"])
+def test_every_run_command_has_the_shared_threads_flag(name):
+    """One helper (cli.common.add_threads_flag) gives the commands their --threads: default 1, 0 allowed."""
+    from scoresde.cli.common import DEFAULT_THREADS
+
+    a = _options(_sub(name))["threads"]
+    assert a.option_strings == ["--threads"] and a.type is nonneg_int and a.default == DEFAULT_THREADS == 1
+    assert "single-threaded" in a.help and "torchrun" in a.help
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,27 +4,14 @@ on one rank reaches every rank instead of leaving the others waiting."""
 from __future__ import annotations
 
 import os
-import socket
-import time
 
-import pytest
 import torch
 import torch.distributed as dist
+from _distributed import WORLD, requires_distributed, spawn, use_loopback
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")
+pytestmark = requires_distributed
 
-WORLD = 2
 N = 13  # not a multiple of the world size: blocks of 6 and 7
-
-
-def _loopback_interface():
-    try:
-        for _, name in socket.if_nameindex():
-            if name.startswith("lo"):
-                return name
-    except (OSError, AttributeError):  # pragma: no cover
-        pass
-    return None
 
 
 def _problem():
@@ -50,9 +37,7 @@ class _Wrapped(torch.nn.Module):
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    iface = _loopback_interface()
-    if iface is not None:
-        os.environ["GLOO_SOCKET_IFNAME"] = iface  # connections between the ranks stay on 127.0.0.1
+    use_loopback()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         from torch.nn.parallel import DistributedDataParallel
@@ -90,22 +75,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_two_ranks_match_one_process(tmp_path):
-    import torch.multiprocessing as mp
-
     from scoresde.likelihood import evaluate_bpd
 
-    ctx = mp.start_processes(_worker, args=(str(tmp_path / "pg_init"), str(tmp_path)), nprocs=WORLD,
-                             start_method="spawn", join=False)
-    deadline = time.monotonic() + 90.0
-    try:
-        while not ctx.join(timeout=1.0):  # raises if a worker failed
-            if time.monotonic() > deadline:  # pragma: no cover - a hang
-                pytest.fail("the 2-process evaluation did not finish within 90 s (a rank waiting on a collective?)")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():  # pragma: no cover - only after a failure
-                p.terminate()
-                p.join(5)
+    spawn(_worker, (str(tmp_path / "pg_init"), str(tmp_path)), what="the 2-process evaluation", timeout=90.0)
     outs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
     n = torch.get_num_threads()

@@ -5,32 +5,12 @@ weights equal those of one process trained on the same global batches."""
 from __future__ import annotations
 
 import os
-import socket
-import time
 
-import pytest
 import torch
 import torch.distributed as dist
+from _distributed import WORLD, free_port, requires_distributed, spawn, torchrun_env
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")
-
-WORLD = 2
-
-
-def _loopback_interface():
-    try:
-        for _, name in socket.if_nameindex():
-            if name.startswith("lo"):
-                return name
-    except (OSError, AttributeError):  # pragma: no cover
-        pass
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = requires_distributed
 
 
 def _setup(tmp: str, out_dir: str):
@@ -47,11 +27,7 @@ def _setup(tmp: str, out_dir: str):
 
 def _worker(rank: int, tmp: str, port: int) -> None:
     torch.set_num_threads(1)
-    iface = _loopback_interface()
-    if iface is not None:
-        os.environ["GLOO_SOCKET_IFNAME"] = iface  # connections between the ranks stay on 127.0.0.1
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    torchrun_env(rank, WORLD, port)
     from scoresde.training import train
 
     # rank 1 is pointed at its own folder: it must never be created (only rank 0 writes)
@@ -64,22 +40,9 @@ def _worker(rank: int, tmp: str, port: int) -> None:
 
 
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
-    import torch.multiprocessing as mp
-
     from scoresde.training import load_checkpoint, train
 
-    ctx = mp.start_processes(_worker, args=(str(tmp_path), _free_port()), nprocs=WORLD, start_method="spawn",
-                             join=False)
-    deadline = time.monotonic() + 120.0
-    try:
-        while not ctx.join(timeout=1.0):  # raises if a worker failed
-            if time.monotonic() > deadline:  # pragma: no cover - a hang
-                pytest.fail("the 2-process training did not finish within 120 s (a rank waiting on a collective?)")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():  # pragma: no cover - only after a failure
-                p.terminate()
-                p.join(5)
+    spawn(_worker, (str(tmp_path), free_port()), what="the 2-process training")
     outs = [torch.load(tmp_path / f"result{r}.pt", weights_only=False) for r in range(WORLD)]
     assert [o["rank"] for o in outs] == [0, 1] and all(o["world"] == WORLD for o in outs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UsageError, atomic_json, load_data, load_model, parse_device, say
+from .common import UsageError, add_threads_flag, atomic_json, load_data, load_model, parse_device, say
 from .flags import nonneg_int, positive_float, positive_int
 
 NAME = "nll"
@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of dequantization noise and probes (0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--out", type=Path, help="JSON file (default: <run folder>/nll_<split>.json)")
+    add_threads_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -66,6 +67,8 @@ def evaluate(model, sde, ds, data, *, trace, n_probes, repeats, batch_size, rtol
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     device = parse_device(args.device)
     if args.trace == "exact" and args.n_probes is not None:
         raise UsageError("--n-probes applies to the Hutchinson estimators (rademacher, gaussian); "
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                   split=args.split, n_evaluated=res.n_samples, n_in_split=n_split,
                   subset=(f"the first {res.n_samples} of {n_split} {args.split} samples"
                           if res.n_samples < n_split else f"all {n_split} {args.split} samples"),
-                  seed=args.seed, note=note)
+                  seed=args.seed, threads=torch.get_num_threads(), note=note)
     atomic_json(out, report)
     say(f"{cfg.dataset} {args.split} ({report['subset']}), step {ckpt['step']}"
         f"{' EMA' if args.use_ema else ''}:\n{res.summary()}\n{note}\nwritten: {out}")

@@ -6,24 +6,38 @@ are refused with a message). :func:`option_specs` says how the command line read
 (its type or choices, taken from the modules that define them, and a help line); an option a
 sampler adds without an entry there still gets a flag that reads a number, a ``true``/``false`` or a
 word.
+
+**Chunks and ranks.** The ``--n`` samples are drawn in chunks: sample indices ``0..n-1`` are cut
+into consecutive chunks of ``--chunk-size`` (the last one shorter), and chunk ``c`` is one sampler
+call with its own generator, seeded with :func:`chunk_seed` ``(seed, c)`` (a SHA-256 derivation,
+:func:`scoresde._utils.derive_seed`). Under ``torchrun`` rank ``r`` of ``W`` draws the contiguous
+block of whole chunks ``[r K // W, (r + 1) K // W)`` of the ``K`` chunks, the chunks are gathered on
+rank 0, which writes the files once, in index order. The samples are thus a function of
+``(checkpoint, options, seed, chunk size)``, the same bitwise for any number of processes (on one
+machine with the same software and thread count).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .common import UsageError, atomic_figure, atomic_torch, load_model, parse_device, say
+from .common import UsageError, add_threads_flag, atomic_figure, atomic_torch, distributed, load_model, say
 from .flags import flag_name, nonneg_float, nonneg_int, positive_float, positive_int
 
 NAME = "sample"
 HELP = "draw samples from a checkpoint"
 DESCRIPTION = ("Draw samples from a trained model. Writes samples_<sampler>.pt (tensor and metadata) and "
-               "samples_<sampler>.png (an image grid, or a scatter plot for vector data) into --out.")
+               "samples_<sampler>.png (an image grid, or a scatter plot for vector data) into --out. Under torchrun "
+               "the ranks share out whole chunks of --chunk-size samples (the samples do not depend on the number "
+               "of processes); rank 0 writes the files.")
 
 #: The shared arguments of the one sampler signature that the command line offers (every sampler takes them).
 SHARED = ("steps", "nfe", "grid")
+#: The default ``--chunk-size``: samples per sampler call and per random stream.
+CHUNK_SIZE = 256
 
 
 def _order(text: str):
@@ -108,8 +122,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
                    help="sample with the EMA weights (default) or the raw weights (--no-use-ema)")
     p.add_argument("--no-ema", dest="use_ema", action="store_false", help="same as --no-use-ema")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the sampler's generator (0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the samples: chunk c is drawn with a "
+                   "generator seeded from (seed, c) (0)")
+    p.add_argument("--chunk-size", type=positive_int, default=CHUNK_SIZE,
+                   help=f"samples per sampler call and per random stream ({CHUNK_SIZE}); under torchrun the "
+                   "ranks share out whole chunks, so the samples depend on the chunk size and the seed, not on "
+                   "the number of processes")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu; cuda:LOCAL_RANK under torchrun)")
+    add_threads_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("sampler options", "each applies to the samplers named after it; the others refuse it")
     specs = option_specs()
@@ -160,31 +180,134 @@ def data_range(cfg, ckpt) -> Optional[tuple]:
     return (-1.0, 1.0) if cfg.dataset in ("digits", "mnist", "cifar10") else None
 
 
+def chunk_bounds(n: int, chunk_size: int) -> List[Tuple[int, int]]:
+    """The chunks ``[(start, stop), ...]`` of the sample indices ``0..n-1``: consecutive, each of
+    ``chunk_size`` samples but the last."""
+    return [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed of chunk ``chunk``'s generator: ``derive_seed(seed, "sample", chunk)``."""
+    from .._utils import derive_seed
+
+    return derive_seed(seed, "sample", chunk)
+
+
+def merge_results(parts: Sequence[Any]):
+    """One :class:`~scoresde.sampling.SampleResult` of consecutive chunks: the per-sample fields
+    concatenated, ``total_nfe`` summed, ``info`` (the options as used) that of the first chunk."""
+    import torch
+
+    def cat(name):
+        return None if getattr(parts[0], name) is None else torch.cat([getattr(r, name) for r in parts])
+
+    return dataclasses.replace(parts[0], x=cat("x"), nfe=cat("nfe"), status=cat("status"),
+                               n_accepted=cat("n_accepted"), n_rejected=cat("n_rejected"),
+                               total_nfe=sum(int(r.total_nfe) for r in parts))
+
+
+def draw_chunks(model, sde, shape, sampler: str, n: int, seed: int, device, *, chunk_size: int = CHUNK_SIZE,
+                rank: int = 0, world: int = 1, eps=None, progress=False, **options):
+    """This rank's chunks of the ``n`` samples (module docstring): ``(start, SampleResult on the CPU
+    or None when the rank has no chunk)``."""
+    import torch
+
+    from ..likelihood.sharding import shard_bounds
+    from ..sampling import sample
+
+    chunks = chunk_bounds(n, chunk_size)
+    first, last = shard_bounds(len(chunks), rank, world)
+    parts = []
+    for c in range(first, last):
+        a, b = chunks[c]
+        gen = torch.Generator(device=device).manual_seed(chunk_seed(seed, c))
+        r = sample(model.score_fn, sde, (b - a, *shape), sampler=sampler, eps=eps, generator=gen, device=device,
+                   progress=progress, **options)
+        parts.append(dataclasses.replace(r, x=r.x.cpu()))
+    start = chunks[first][0] if first < last else None
+    return start, (merge_results(parts) if parts else None)
+
+
+def gather_chunks(run_local: Callable[[], Tuple[Optional[int], Any]], rank: int, world: int):
+    """Run ``run_local()`` (:func:`draw_chunks` of this rank) and collect every rank's block on rank
+    0: rank 0 returns the merged result in index order, the others ``None``. An error on any rank is
+    raised on every rank (a ``ValueError`` as a usage error), so no rank waits for a dead one."""
+    import torch.distributed as dist
+
+    if world == 1:
+        return run_local()[1]
+    err: Optional[BaseException] = None
+    try:
+        local = run_local()
+    except Exception as e:  # re-raised below, after every rank has reached the collective
+        err, local = e, (None, None)
+    errors: List[Any] = [None] * world
+    dist.all_gather_object(errors, None if err is None else (type(err).__name__, str(err)))
+    if err is not None:
+        raise err
+    bad = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if bad:
+        text = "; ".join(f"rank {r}: {kind}: {msg}" for r, (kind, msg) in bad)
+        if all(kind == "ValueError" for _, (kind, _) in bad):
+            raise UsageError(f"sampling failed on another rank ({text})")
+        raise RuntimeError(f"sampling failed on another rank ({text})")
+    blocks: Optional[List[Any]] = [None] * world if rank == 0 else None
+    dist.gather_object(local, blocks, dst=0)
+    if rank != 0:
+        return None
+    filled = [b for b in blocks if b[1] is not None]
+    expect = 0
+    for start, res in filled:
+        if start != expect:  # pragma: no cover - the blocks are contiguous by construction
+            raise AssertionError(f"gathered chunks are not contiguous: block at {start}, expected {expect}")
+        expect += res.x.shape[0]
+    return merge_results([res for _, res in filled])
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..sde import VPSDE
+
+    options = options_from_args(args)
+    with distributed(args.device) as (d, device):
+        path, model, cfg, ckpt = load_model(args.checkpoint, args.use_ema, device)
+        sde = model.sde
+        if options.get("schedule") == "discrete" and not isinstance(sde, VPSDE):
+            raise UsageError(f"--schedule discrete samples the DDPM chain and needs a VP model; this checkpoint "
+                             f"has sde={cfg.sde!r}: use the default continuous schedule")
+        if args.eps is not None and not args.eps < sde.T:
+            raise UsageError(f"--eps {args.eps} must be below T={sde.T}")
+        shape = tuple(ckpt["data_shape"])
+        t0 = time.perf_counter()
+        try:
+            res = gather_chunks(lambda: draw_chunks(
+                model, sde, shape, args.sampler, args.n, args.seed, device, chunk_size=args.chunk_size,
+                rank=d.rank, world=d.world, eps=args.eps, progress=not args.no_progress and d.rank == 0,
+                **options), d.rank, d.world)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        secs = time.perf_counter() - t0
+        if d.rank == 0:
+            _write(args, res, secs, path, cfg, ckpt, shape, world=d.world)
+    return 0
+
+
+def _write(args: argparse.Namespace, res, secs: float, path: Path, cfg, ckpt, shape, *, world: int) -> None:
+    """``samples_<sampler>.pt`` and ``.png`` in ``--out`` (default ``<run folder>/samples``) and the summary line."""
+    import torch
+
     from .report import plt, show_samples
 
-    device = parse_device(args.device)
-    options = options_from_args(args)
-    path, model, cfg, ckpt = load_model(args.checkpoint, args.use_ema, device)
-    sde = model.sde
-    if options.get("schedule") == "discrete" and not isinstance(sde, VPSDE):
-        raise UsageError(f"--schedule discrete samples the DDPM chain and needs a VP model; this checkpoint "
-                         f"has sde={cfg.sde!r}: use the default continuous schedule")
-    if args.eps is not None and not args.eps < sde.T:
-        raise UsageError(f"--eps {args.eps} must be below T={sde.T}")
-    shape = tuple(ckpt["data_shape"])
-    try:
-        res, secs = draw(model, sde, shape, args.sampler, args.n, args.seed, device, eps=args.eps,
-                         progress=not args.no_progress, **options)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     out = args.out if args.out is not None else path.parent / "samples"
     out.mkdir(parents=True, exist_ok=True)
     rng = data_range(cfg, ckpt)
-    meta = dict(x=res.x.cpu(), nfe=res.nfe, status=res.status, sampler=res.sampler, eps=res.eps, info=res.info,
+    meta = dict(x=res.x, nfe=res.nfe, status=res.status, sampler=res.sampler, eps=res.eps, info=res.info,
                 seconds=secs, checkpoint=str(path), step=int(ckpt["step"]), use_ema=args.use_ema, seed=args.seed,
-                dataset=cfg.dataset, data_range=rng)
+                dataset=cfg.dataset, data_range=rng, chunk_size=args.chunk_size, world_size=world,
+                threads=torch.get_num_threads())
     tpath = atomic_torch(out / f"samples_{args.sampler}.pt", meta)
     pyplot = plt()
     fig, ax = pyplot.subplots(figsize=(5, 5))
@@ -194,5 +317,5 @@ def run(args: argparse.Namespace) -> int:
     pyplot.close(fig)
     failed = int((res.status != 0).sum())
     say(f"{args.n} samples with {args.sampler}: mean NFE {res.mean_nfe:g}, {secs:.2f} s"
+        + (f" on {world} processes" if world > 1 else "")
         + (f", {failed} failed (see status)" if failed else "") + f"\ntensor: {tpath}\nfigure: {ipath}")
-    return 0

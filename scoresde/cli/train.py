@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Collection, Dict, Mapping, Optional
 
-from .common import UsageError, load_data, say
+from .common import UsageError, add_threads_flag, load_data, say
 
 NAME = "train"
 HELP = "train a score model (resumes from --out when it holds a checkpoint)"
@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_flags(p, required=REQUIRED)
     p.add_argument("--resume", action="store_true",
                    help="require a checkpoint in --out to resume from (default: resume if there is one)")
+    add_threads_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

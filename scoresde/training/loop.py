@@ -38,7 +38,6 @@ Loshchilov & Hutter (2019), "Decoupled weight decay regularization" (AdamW).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -54,6 +53,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .._utils import derive_seed
 from ..data import Dataset, load_dataset
 from ..io import atomic_write
 from ..losses import draw_times, dsm_loss
@@ -72,12 +72,6 @@ __all__ = ["train"]
 # ---------------------------------------------------------------------------------------------
 # Small pieces.
 # ---------------------------------------------------------------------------------------------
-def _derive_seed(seed: int, *tags: Any) -> int:
-    """A 63-bit seed from ``(seed, *tags)`` (SHA-256): independent streams for independent uses."""
-    digest = hashlib.sha256(repr((int(seed),) + tags).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 class _LinearWarmup:
     """``LambdaLR`` factor ``min(1, (e + 1) / warmup)`` for scheduler epoch ``e`` (0 for the first
     update), i.e. update ``s = e + 1`` uses ``lr min(1, s / warmup)``. A class, so that
@@ -143,13 +137,13 @@ class _Trainer:
         self._perm_cache: Tuple[int, Optional[torch.Tensor]] = (-1, None)
 
         start = self._resume_decision(resume)
-        torch.manual_seed(_derive_seed(cfg.seed, "init"))
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.sde = build_sde(cfg)
         self.model = build_model(cfg, dataset, self.sde).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _LinearWarmup(cfg.warmup))
         self.gen = torch.Generator(device=device)
-        self.gen.manual_seed(_derive_seed(cfg.seed, "noise"))
+        self.gen.manual_seed(derive_seed(cfg.seed, "noise"))
         self.step, self.wall_before, self.resumed_from, self.ckpt_loss = 0, 0.0, None, math.nan
         ckpt = None
         if start is not None:
@@ -182,7 +176,7 @@ class _Trainer:
             set_rng_state(states[d.rank] if len(states) == d.world else states[0])
         else:
             self.ema.update_parameters(self.model)  # e_0 = p_0
-            seed = _derive_seed(cfg.seed, "global", d.rank)
+            seed = derive_seed(cfg.seed, "global", d.rank)
             torch.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
@@ -244,7 +238,7 @@ class _Trainer:
         """Global batch indices of update ``s + 1`` (``s`` 0-based): a pure function of (seed, s)."""
         epoch, j = divmod(s, self.per_epoch)
         if self._perm_cache[0] != epoch:
-            g = torch.Generator().manual_seed(_derive_seed(self.cfg.seed, "data", epoch))
+            g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "data", epoch))
             self._perm_cache = (epoch, torch.randperm(self.n, generator=g))
         B = self.cfg.batch_size
         return self._perm_cache[1][j * B:(j + 1) * B]
