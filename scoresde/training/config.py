@@ -47,7 +47,9 @@ class TrainConfig:
     Network: ``net`` in ``"mlp" | "unet"``; MLP ``hidden``, ``depth``, ``emb_dim``; U-Net
     ``channels``, ``channel_mults``, ``num_res_blocks``, ``attn_resolutions``; ``dropout`` (U-Net).
 
-    Objective: ``parameterization`` (``eps | score | x0 | v``, :mod:`scoresde.score`),
+    Objective: ``parameterization`` (``eps | score | x0 | v``, :mod:`scoresde.score`; default ``v``:
+    an ``eps`` network must output the identity at high noise, and the few percent it falls short
+    there make probability-flow ODE samples expand, see docs/results.md),
     ``weighting`` (``sigma2 | likelihood``), ``time_sampler`` (``uniform | importance``),
     ``eps`` (time truncation, 1e-5).
 
@@ -81,7 +83,9 @@ class TrainConfig:
     num_res_blocks: int = _field(1, "U-Net residual blocks per level")
     attn_resolutions: Tuple[int, ...] = _field((), "U-Net levels (feature-map sizes) with attention")
     dropout: float = _field(0.0, "U-Net dropout, in [0, 1)")
-    parameterization: str = _field("eps", "what the network predicts, see scoresde.score")
+    parameterization: str = _field("v", "what the network predicts, see scoresde.score (default v: at high noise "
+                                   "eps_hat = x_t holds without the network, so the probability-flow ODE does "
+                                   "not expand; docs/results.md)")
     weighting: str = _field("sigma2", "loss weighting lambda(t)")
     time_sampler: str = _field("uniform", "how t is drawn")
     eps: float = _field(1e-5, "time truncation of the loss, in (0, 1)")
