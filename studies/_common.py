@@ -21,13 +21,13 @@ import platform
 import time
 from datetime import date
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scoresde import VPSDE, atomic_write, dequantize, bits_per_dim
+from scoresde import VPSDE, atomic_write
 from scoresde.targets import mixture_nd
 
 T = TypeVar("T")
@@ -134,44 +134,6 @@ def png_bytes(fig, dpi: int) -> bytes:
 def write_png(path: Path, fig, dpi: int) -> None:
     """Write the figure to ``path`` atomically (see :func:`png_bytes`)."""
     atomic_write(path, png_bytes(fig, dpi))
-
-
-# ---------------------------------------------------------------------------------------------
-# Classical density baselines (studies/baselines.py, studies/nll_table.py)
-# ---------------------------------------------------------------------------------------------
-def gaussian_logp(train: torch.Tensor, test: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
-    """Log-density (nats) of ``test`` under the ML full-covariance Gaussian of ``train`` (float64)."""
-    a = train.reshape(train.shape[0], -1).double()
-    b = test.reshape(test.shape[0], -1).double()
-    mu = a.mean(dim=0)
-    cov = torch.cov(a.T, correction=0) + ridge * torch.eye(a.shape[1], dtype=torch.float64)
-    return torch.distributions.MultivariateNormal(mu, covariance_matrix=cov).log_prob(b)
-
-
-def gmm_logp(train: torch.Tensor, test: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Log-density (nats) of ``test`` under a ``k``-component full-covariance GMM fitted by EM
-    (scikit-learn's ``GaussianMixture``, ``reg_covar`` 1e-6, ``n_init`` 2)."""
-    from sklearn.mixture import GaussianMixture as SkGMM
-
-    a = train.reshape(train.shape[0], -1).double().numpy()
-    b = test.reshape(test.shape[0], -1).double().numpy()
-    gmm = SkGMM(n_components=k, covariance_type="full", reg_covar=1e-6, n_init=2, random_state=seed).fit(a)
-    return torch.as_tensor(gmm.score_samples(b), dtype=torch.float64)
-
-
-def baseline_bpds(ds, test: torch.Tensor, k: Optional[int], repeats: int, generator: torch.Generator,
-                  seed: int) -> torch.Tensor:
-    """``(repeats, N)`` bits/dim of ``test`` (quantized images of ``ds``) under a baseline fitted to
-    the dequantized training set of ``ds``: the Gaussian (``k`` None) or a ``k``-component GMM (EM
-    seeded ``seed + r`` in repeat ``r``). Each repeat draws a fresh uniform dequantization of the
-    training set, then of ``test``, from ``generator``; the fit is redone for each."""
-    rows = []
-    for r in range(repeats):
-        tr = dequantize(ds.train.double(), ds.n_levels, ds.data_range, generator)
-        te = dequantize(test.double(), ds.n_levels, ds.data_range, generator)
-        logp = gaussian_logp(tr, te) if k is None else gmm_logp(tr, te, k, seed + r)
-        rows.append(bits_per_dim(logp, ds.num_dims, n_levels=ds.n_levels, data_range=ds.data_range))
-    return torch.stack(rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import baseline_bpds, gaussian_logp, gmm_logp, md_row, md_table, parser
+from _common import md_row, md_table, parser
 from scoresde import atomic_write, load_dataset
+from scoresde.likelihood import baseline_bpds, gaussian_logp, gmm_logp
 
 __all__ = ["baseline_bpd", "gaussian_logp", "gmm_logp", "main"]
 

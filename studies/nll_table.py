@@ -62,10 +62,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from _common import (baseline_bpds, csv_bytes, environment, md_row, md_table, parser, png_bytes, pyplot, require_device,
+from _common import (csv_bytes, environment, md_row, md_table, parser, png_bytes, pyplot, require_device,
                      timed)
 from scoresde import (TrainConfig, atomic_write, build_sde, evaluate_bpd, load_digits, load_model, log_likelihood,
                       mixture_nd, train)
+from scoresde.likelihood import baseline_bpds
 
 MODELS = ("vp", "subvp", "ve")
 MODEL_LABEL = {"vp": "VP", "subvp": "sub-VP", "ve": "VE"}

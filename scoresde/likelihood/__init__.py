@@ -8,15 +8,17 @@ or a whole test set; one concept per file:
 * :mod:`~scoresde.likelihood.bpd`: :func:`bits_per_dim` and the test-set result :class:`BPDResult`;
 * :mod:`~scoresde.likelihood.evaluate`: :func:`evaluate_bpd`, every sample of a data set with
   dequantization, repeats, a standard error and the convention;
+* :mod:`~scoresde.likelihood.baselines`: the classical density baselines (Gaussian, GMM) in bits/dim;
 * :mod:`~scoresde.likelihood.batches` and :mod:`~scoresde.likelihood.sharding`: reading the test
   set in order and re-batching it; splitting it across ``torch.distributed`` ranks.
 
 The quantization grid and the dequantization are :mod:`scoresde.quantize`.
 """
+from .baselines import baseline_bpds, gaussian_logp, gmm_logp
 from .bpd import BPDResult, bits_per_dim
 from .divergence import TRACES, divergence, draw_probes
 from .evaluate import evaluate_bpd
 from .flow import LikelihoodResult, log_likelihood
 
 __all__ = ["log_likelihood", "LikelihoodResult", "bits_per_dim", "evaluate_bpd", "BPDResult", "TRACES",
-           "divergence", "draw_probes"]
+           "divergence", "draw_probes", "gaussian_logp", "gmm_logp", "baseline_bpds"]
