@@ -7,7 +7,26 @@ from .discrete import DDPMSchedule, SMLDSchedule
 from .io import atomic_write, atomic_write_with
 from .likelihood import BPDResult, LikelihoodResult, bits_per_dim, evaluate_bpd, log_likelihood
 from .losses import dsm_loss, importance_density, loss_weight, sample_importance_time
-from .metrics import MomentErrors, calibrate_threshold, energy_distance, mmd, moment_errors, null_distribution
+from .metrics import (
+    DigitsClassifier,
+    GaussianStats,
+    KIDResult,
+    MomentErrors,
+    PrecisionRecall,
+    SampleQuality,
+    calibrate_threshold,
+    digits_classifier,
+    digits_features,
+    energy_distance,
+    feature_statistics,
+    frechet_distance,
+    kid,
+    mmd,
+    moment_errors,
+    null_distribution,
+    precision_recall,
+    sample_quality,
+)
 from .nets import GaussianFourierEmbedding, MLPScoreNet, SinusoidalEmbedding, UNet
 from .sampling import CORRECTORS, GRIDS, PREDICTORS, SAMPLERS, Sampler, SampleResult, sample, time_grid
 from .score import PARAMETERIZATIONS, ScoreModel
@@ -51,6 +70,8 @@ __all__ = [
     "iterate_batches",
     # two-sample metrics
     "energy_distance", "mmd", "null_distribution", "calibrate_threshold", "moment_errors", "MomentErrors",
+    "sample_quality", "SampleQuality", "frechet_distance", "feature_statistics", "GaussianStats", "kid", "KIDResult",
+    "precision_recall", "PrecisionRecall", "digits_classifier", "digits_features", "DigitsClassifier",
     # files
     "atomic_write", "atomic_write_with",
 ]

@@ -56,7 +56,7 @@ GROUP_DOCS = {
     "score models, networks and training losses": ["training.md"],
     "training": ["training.md", "cli.md"],
     "data": ["likelihood.md", "training.md"],
-    "two-sample metrics": ["results.md"],
+    "two-sample metrics": ["metrics.md", "results.md"],
     "files": ["training.md", "cli.md"],
 }
 

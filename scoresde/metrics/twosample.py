@@ -26,7 +26,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ._utils import check_int
+from .._utils import check_int
+from ._checks import _flat64
 
 __all__ = [
     "energy_distance",
@@ -41,17 +42,6 @@ _CHUNK_ELEMENTS = 1 << 22  # ~32 MB of float64 per distance block (x D when broa
 _MEDIAN_SUBSAMPLE = 2000
 _SMALL_BLOCK = 1 << 16  # below this many difference entries, broadcast instead of cdist
 _DIRECT_MAX_DIM = 32  # up to this D, distances by direct differences; above, by a matrix product
-
-
-def _flat64(x: torch.Tensor, name: str, min_n: int = 2) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (n, *dims), got {type(x).__name__}")
-    if x.ndim < 1 or x.shape[0] < min_n:
-        raise ValueError(f"{name} must have shape (n, *dims) with n >= {min_n}, got shape {tuple(x.shape)}")
-    xf = x.detach().reshape(x.shape[0], -1).to(torch.float64)
-    if not bool(torch.isfinite(xf).all()):
-        raise ValueError(f"{name} contains NaN or inf; a two-sample statistic needs finite samples")
-    return xf
 
 
 def _pair(x, y):
