@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UsageError, add_threads_flag, atomic_json, load_data, load_model, parse_device, say
+from .common import UsageError, add_threads_flag, atomic_json, distributed, load_data, load_model, say
 from .flags import nonneg_int, positive_float, positive_int
 
 NAME = "nll"
@@ -67,36 +67,45 @@ def evaluate(model, sde, ds, data, *, trace, n_probes, repeats, batch_size, rtol
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    device = parse_device(args.device)
+    """Under ``torchrun`` the process group is set up here and ``evaluate_bpd`` shards the split
+    across the ranks (each evaluates a contiguous block with its own random stream); rank 0 writes."""
     if args.trace == "exact" and args.n_probes is not None:
         raise UsageError("--n-probes applies to the Hutchinson estimators (rademacher, gaussian); "
                          "--trace exact takes none")
-    path, model, cfg, ckpt = load_model(args.checkpoint, args.use_ema, device)
-    root = args.data_root if args.data_root is not None else cfg.data_root
-    ds = load_data(cfg.dataset, root)
-    if tuple(ds.shape) != tuple(ckpt["data_shape"]):
-        raise UsageError(f"the data have shape {tuple(ds.shape)} but the model was trained on "
-                         f"{tuple(ckpt['data_shape'])}")
-    data = getattr(ds, args.split)
-    n_split = data.shape[0]
-    if args.limit is not None:
-        data = data[:args.limit]
-    try:
-        res, note = evaluate(model, model.sde, ds, data, trace=args.trace, n_probes=args.n_probes,
-                             repeats=args.repeats, batch_size=args.batch_size, rtol=args.rtol, atol=args.atol,
-                             eps=args.eps, seed=args.seed, device=device, progress=not args.no_progress)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    with distributed(args.device) as (d, device):
+        path, model, cfg, ckpt = load_model(args.checkpoint, args.use_ema, device)
+        root = args.data_root if args.data_root is not None else cfg.data_root
+        ds = load_data(cfg.dataset, root)
+        if tuple(ds.shape) != tuple(ckpt["data_shape"]):
+            raise UsageError(f"the data have shape {tuple(ds.shape)} but the model was trained on "
+                             f"{tuple(ckpt['data_shape'])}")
+        data = getattr(ds, args.split)
+        n_split = data.shape[0]
+        if args.limit is not None:
+            data = data[:args.limit]
+        try:
+            res, note = evaluate(model, model.sde, ds, data, trace=args.trace, n_probes=args.n_probes,
+                                 repeats=args.repeats, batch_size=args.batch_size, rtol=args.rtol, atol=args.atol,
+                                 eps=args.eps, seed=args.seed, device=device,
+                                 progress=not args.no_progress and d.rank == 0)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if d.rank == 0:
+            _write(args, res, note, path, cfg, ckpt, n_split, d.world)
+    return 0
+
+
+def _write(args: argparse.Namespace, res, note: str, path, cfg, ckpt, n_split: int, world: int) -> None:
+    """``nll_<split>.json`` (or ``--out``) and the summary line."""
+    import torch
+
     out = args.out if args.out is not None else path.parent / f"nll_{args.split}.json"
     report = res.to_dict(per_sample=False)
     report.update(checkpoint=str(path), step=int(ckpt["step"]), use_ema=args.use_ema, dataset=cfg.dataset,
                   split=args.split, n_evaluated=res.n_samples, n_in_split=n_split,
                   subset=(f"the first {res.n_samples} of {n_split} {args.split} samples"
                           if res.n_samples < n_split else f"all {n_split} {args.split} samples"),
-                  seed=args.seed, threads=torch.get_num_threads(), note=note)
+                  seed=args.seed, threads=torch.get_num_threads(), world_size=world, note=note)
     atomic_json(out, report)
     say(f"{cfg.dataset} {args.split} ({report['subset']}), step {ckpt['step']}"
         f"{' EMA' if args.use_ema else ''}:\n{res.summary()}\n{note}\nwritten: {out}")
-    return 0
