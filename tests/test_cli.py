@@ -267,6 +267,25 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert math.isfinite(res["bpd"]["mean"]) and res["bpd"]["n_samples"] == 32
     assert [s["sampler"] for s in res["samplers"]] == ["euler_maruyama", "pc", "ode"]
     assert all(s["failed"] == 0 and s["mean_nfe"] > 0 for s in res["samplers"])
+    # sample quality per sampler, with its null; the baselines beside the model's bits/dim
+    for needle in ("Fréchet distance", "null: test vs test", "full-covariance Gaussian", "diverged"):
+        assert needle in report, needle
+    for s in res["samplers"]:
+        q = s["quality"]
+        assert q["fd"] >= 0 and q["fd_null"] >= 0 and 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1
+        assert q["n_samples"] == 16 and q["features"] == "digits"
+    # the Gaussian fitted to the dequantized training split: 2.975 +- 0.022 bits/dim on all 359 test
+    # images (docs/results.md); on 32 images and one dequantization within a few of their standard errors
+    gauss = res["baselines"][0]
+    assert gauss["model"] == "full-covariance Gaussian" and abs(gauss["mean"] - 2.975) < 5 * gauss["stderr"] + 0.05
+    assert res["bpd_diverged"] >= 0 and res["total_seconds"] > 0
+
+    # scoresde sample --quality on the demo's digits model
+    code, stdout, err = _run(["sample", "--checkpoint", str(out / "run"), "--sampler", "ddim", "--n", "24",
+                              "--out", str(tmp_path / "s"), "--quality", "--no-progress"], capsys)
+    assert code == 0, err
+    q = json.loads((tmp_path / "s" / "quality_ddim.json").read_text())
+    assert q["n_samples"] == 24 and q["fd"] > 0 and "FD" in stdout
 
 
 def test_train_divergence_exits_1(tmp_path, capsys):
@@ -280,3 +299,9 @@ def test_module_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "scoresde.cli", "sample", "--checkpoint", str(tmp_path / "x.pt")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no checkpoint at" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sample_quality_needs_a_digits_model(toy_run, tmp_path, capsys):
+    code, _, err = _run(["sample", "--checkpoint", str(toy_run), "--sampler", "ddim", "--n", "8",
+                         "--out", str(tmp_path), "--quality", "--no-progress"], capsys)
+    assert code == 2 and "digits" in err and "Traceback" not in err

@@ -65,7 +65,7 @@ def demo_figure(path: Path, results: Sequence[dict], curve: List[Tuple[int, floa
     fig, axes = pyplot.subplots(1, 4, figsize=(16, 4.2))
     for ax, rr in zip(axes[:3], results):
         r = rr["result"]
-        show_samples(ax, r.x, shape, data_range, f"{rr['label']}\nNFE {r.mean_nfe:.0f}, {rr['seconds']:.1f} s")
+        show_samples(ax, r.x[:64], shape, data_range, f"{rr['label']}\nNFE {r.mean_nfe:.0f}, {rr['seconds']:.1f} s")
     ax = axes[3]
     if curve:
         ax.plot([c[0] for c in curve], [c[1] for c in curve], lw=1)
@@ -86,6 +86,8 @@ def demo_report(s: dict, bpd, cfg, fig_name: str, quick: bool) -> str:
               else f"the first {s['n_test']} of the {s['n_test_total']} test images")
     rows = "\n".join(f"| {r['label']} (`{r['sampler']}`) | {r['mean_nfe']:.1f} | {r['seconds']:.2f} | {r['failed']} | "
                      f"{', '.join(f'{k}={v}' for k, v in r['options'].items())} |" for r in s["samplers"])
+    quality = _quality_rows(s["samplers"])
+    baselines = "\n".join(f"| {b['model']} | {b['mean']:.4f} ± {b['stderr']:.4f} |" for b in s.get("baselines", []))
     c = bpd.convention
     lines = [
         "# scoresde demo: a VP score model on 8x8 digits",
@@ -107,11 +109,26 @@ def demo_report(s: dict, bpd, cfg, fig_name: str, quick: bool) -> str:
         "NFE counts score-network evaluations per sample, including the final denoising (Tweedie) step; "
         "for the adaptive ODE solver it is the mean over samples. Wall time covers the whole batch.",
         "",
+        "## Sample quality against the test images",
+        "",
+        quality,
+        "",
         "## Test bits/dim",
         "",
         f"**{bpd.mean:.4f} ± {bpd.stderr:.4f} bits/dim** (mean ± standard error over images) on {subset} "
         f"(split of `load_digits`, seed 0), {s['bpd_seconds']:.1f} s; median over images "
         f"{s['bpd_median']:.4f} bits/dim (the mean is sensitive to a few badly modelled images).",
+        "",
+        f"Test images with a non-finite bits/dim or one above twice the median (diverged): "
+        f"{s.get('bpd_diverged', 0)}.",
+        "",
+        "| model | test bits/dim |",
+        "|---|---|",
+        f"| **this score model** | **{bpd.mean:.4f} ± {bpd.stderr:.4f}** |",
+        baselines,
+        "",
+        "The baselines are fitted to the dequantized training split and evaluated on the same test images "
+        "with the same dequantization and offset (`scoresde.likelihood.baselines`).",
         "",
         f"Convention: {bpd.summary()}.",
         "",
@@ -129,4 +146,26 @@ def demo_report(s: dict, bpd, cfg, fig_name: str, quick: bool) -> str:
         "```",
         "",
     ]
+    return "\n".join(lines)
+
+
+def _quality_rows(samplers: Sequence[dict]) -> str:
+    """The sample-quality table: per sampler FD, KID and precision/recall, and the null (two halves
+    of the test images at the same sizes) in the last row."""
+    if not samplers or "quality" not in samplers[0]:
+        return "(not computed)"
+    q0 = samplers[0]["quality"]
+    lines = [f"On the features of the built-in digits classifier (`scoresde.metrics.digits_features`, "
+             f"D = {q0['feature_dim']}), {q0['n_samples']} samples against {q0['n_reference']} test images "
+             f"(half of them; the null compares the other half with it at the same sizes). Lower FD and KID "
+             f"are better; a perfect sampler sits at the null.",
+             "",
+             "| sampler | Fréchet distance | KID | precision | recall |",
+             "|---|---|---|---|---|"]
+    for r in samplers:
+        q = r["quality"]
+        lines.append(f"| {r['label']} | {q['fd']:.3f} | {q['kid']:.4f} ± {q['kid_stderr']:.4f} | "
+                     f"{q['precision']:.3f} | {q['recall']:.3f} |")
+    lines.append(f"| *null: test vs test* | {q0['fd_null']:.3f} | {q0['kid_null']:.4f} ± {q0['kid_null_stderr']:.4f} | "
+                 f"{q0['precision_null']:.3f} | {q0['recall_null']:.3f} |")
     return "\n".join(lines)

@@ -129,6 +129,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "ranks share out whole chunks, so the samples depend on the chunk size and the seed, not on "
                    "the number of processes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu; cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--quality", action="store_true",
+                   help="digits models: also report the Frechet distance, KID and precision/recall of the samples "
+                   "against the test images, with their null (scoresde.metrics.sample_quality), in "
+                   "quality_<sampler>.json")
     add_threads_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("sampler options", "each applies to the samplers named after it; the others refuse it")
@@ -309,6 +313,7 @@ def _write(args: argparse.Namespace, res, secs: float, path: Path, cfg, ckpt, sh
                 dataset=cfg.dataset, data_range=rng, chunk_size=args.chunk_size, world_size=world,
                 threads=torch.get_num_threads())
     tpath = atomic_torch(out / f"samples_{args.sampler}.pt", meta)
+    quality = _quality(args, res, cfg, out) if args.quality else ""
     pyplot = plt()
     fig, ax = pyplot.subplots(figsize=(5, 5))
     show_samples(ax, res.x, shape, rng, f"{args.sampler}, NFE {res.mean_nfe:g}, step {ckpt['step']}"
@@ -318,4 +323,21 @@ def _write(args: argparse.Namespace, res, secs: float, path: Path, cfg, ckpt, sh
     failed = int((res.status != 0).sum())
     say(f"{args.n} samples with {args.sampler}: mean NFE {res.mean_nfe:g}, {secs:.2f} s"
         + (f" on {world} processes" if world > 1 else "")
-        + (f", {failed} failed (see status)" if failed else "") + f"\ntensor: {tpath}\nfigure: {ipath}")
+        + (f", {failed} failed (see status)" if failed else "") + f"\ntensor: {tpath}\nfigure: {ipath}" + quality)
+
+
+def _quality(args: argparse.Namespace, res, cfg, out: Path) -> str:
+    """``--quality``: the samples against the digits test images on the digits classifier's features."""
+    import torch
+
+    from ..data import load_dataset
+    from ..metrics import sample_quality
+    from .common import atomic_json
+
+    if cfg.dataset != "digits":
+        raise UsageError(f"--quality needs a digits model (the built-in feature extractor is the digits classifier); "
+                         f"this checkpoint was trained on {cfg.dataset!r}")
+    q = sample_quality(res.x.detach().cpu().float(), load_dataset("digits").test, features="digits",
+                       generator=torch.Generator().manual_seed(args.seed))
+    qpath = atomic_json(out / f"quality_{args.sampler}.json", q.to_dict())
+    return f"\n{q.summary()}\nquality: {qpath}"
