@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from _features import identity_features
 
 from scoresde.metrics import GaussianStats, feature_statistics, frechet_distance
 
@@ -148,16 +149,10 @@ def test_agrees_with_torchmetrics_on_a_custom_feature_module():
     """torchmetrics (an optional reference) takes a custom feature module without torch-fidelity."""
     fid_mod = pytest.importorskip("torchmetrics.image.fid")
 
-    class Identity(torch.nn.Module):
-        num_features = 5
-
-        def forward(self, x):
-            return x
-
     g = torch.Generator().manual_seed(7)
     a = torch.randn(300, 5, generator=g, dtype=f64)
     b = 0.2 + torch.randn(400, 5, generator=g, dtype=f64) @ random_spd(5, g, 4.0)
-    metric = fid_mod.FrechetInceptionDistance(feature=Identity())
+    metric = fid_mod.FrechetInceptionDistance(feature=identity_features(5))
     metric.update(a, real=True)
     metric.update(b, real=False)
     assert float(metric.compute()) == pytest.approx(frechet_distance(a, b), rel=1e-8)

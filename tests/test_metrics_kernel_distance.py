@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from _features import identity_features
 
 from scoresde.metrics import KIDResult, kid
 from scoresde.metrics import kernel_distance as KID
@@ -161,15 +162,9 @@ def test_agrees_with_torchmetrics_on_the_whole_sets():
     """torchmetrics' KID (an optional reference) with one subset of all points is the full U-statistic."""
     kid_mod = pytest.importorskip("torchmetrics.image.kid")
 
-    class Identity(torch.nn.Module):
-        num_features = 6
-
-        def forward(self, x):
-            return x
-
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(200, 6, generator=g, dtype=f64), torch.randn(200, 6, generator=g, dtype=f64) * 1.2
-    metric = kid_mod.KernelInceptionDistance(feature=Identity(), subsets=1, subset_size=200)
+    metric = kid_mod.KernelInceptionDistance(feature=identity_features(6), subsets=1, subset_size=200)
     metric.update(a, real=True)
     metric.update(b, real=False)
     mean, _ = metric.compute()
