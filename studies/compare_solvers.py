@@ -18,10 +18,14 @@ are swept over tolerances instead. Targets:
   mixture's Bayes classifier, :func:`scoresde.metrics.moment_errors`) and, on the narrow target,
   the signed mass error of the narrow component. The energy distance barely sees a blurred narrow
   component (its samples stay close); the log density and the narrow mass do;
-* ``digits``: a VP score model trained by :func:`scoresde.train` on the 8x8 digits (or loaded with
-  ``--digits-checkpoint``), sampled with its EMA weights: the energy distance to the held-out test
-  images, next to the train-vs-test distance at the same n (the best a sampler can do with a
-  model that had learned the training set perfectly).
+* ``digits``: a VP score model trained by :func:`scoresde.train` on the 8x8 digits (its
+  ``TrainConfig`` defaults, v parameterization included, with an MLP; or loaded with
+  ``--digits-checkpoint``), sampled with its EMA weights: the Fréchet distance to the held-out test
+  images in the feature space of the built-in digits classifier
+  (:func:`scoresde.metrics.digits_features`, :func:`scoresde.metrics.frechet_distance`), next to
+  the train-vs-test distance at the same n (the best a sampler can do with a model that had
+  learned the training set perfectly); the pixel-space energy distance is kept in the CSV and the
+  per-run table.
 
 Nulls: per oracle and statistic, the 99% quantile of the statistic between independent draws of
 the truth at the same n (:func:`scoresde.metrics.calibrate_threshold`; ``--null-repeats`` draws:
@@ -37,10 +41,11 @@ sampler adds nothing around the network (target: within 1.15x). It is a benchmar
 nowhere (``--no-speed`` skips it; ``--speed-batch`` sets the batch).
 
 Outputs (``--out``, tag ``cpu``/``cuda`` or ``--tag``): ``compare_solvers_<tag>.csv`` (one row
-per run), ``..._speed.csv``, ``.md``, and the figures ``.png`` (energy distance vs NFE, one panel
+per run), ``..._speed.csv``, ``.md``, and the figures ``.png`` (energy distance, Fréchet distance on
+the digits, vs NFE, one panel
 per target and row per sampler group), ``_errors.png`` (log-density and mass errors vs NFE of six
 representative samplers on the oracles), ``_grids.png`` (the grid sweep) and ``_wall.png``
-(energy distance vs wall time).
+(the same vs wall time).
 
     # full run: n = 2000, 3 seeds, budgets 5..50 (+100, 200, 500 for the first-order samplers),
     # 100 null draws, a 5000-step digits MLP trained here (CPU, 2 cores: roughly 15-20 minutes)
@@ -72,7 +77,7 @@ from tqdm.auto import tqdm
 
 from _common import csv_bytes, device_name, md_row, md_table, parser, pyplot, require_device, sync, timed, write_png
 from scoresde import VPSDE, atomic_write
-from scoresde.metrics import calibrate_threshold, energy_distance, moment_errors
+from scoresde.metrics import calibrate_threshold, digits_features, energy_distance, frechet_distance, moment_errors
 from scoresde.sampling import GRIDS, SAMPLERS, sample
 from scoresde.targets import GaussianMixture, mixture_2d, mixture_nd
 
@@ -84,8 +89,8 @@ def distance(x, y) -> float:
 
 
 FIELDS = ["oracle", "family", "sampler", "grid", "config", "sweep", "seed", "nfe", "wall_s", "energy_distance",
-          "null_q99", "logp_error", "null_logp", "mass_error", "null_mass", "narrow_mass_error", "ok_fraction",
-          "device"]
+          "null_q99", "frechet_distance", "null_fd", "logp_error", "null_logp", "mass_error", "null_mass",
+          "narrow_mass_error", "ok_fraction", "device"]
 SPEED_FIELDS = ["sampler", "grid", "nfe", "batch", "total_nfe", "wall_s", "per_eval_ms", "bare_eval_ms", "ratio",
                 "score", "device"]
 
@@ -186,11 +191,25 @@ class DigitsTarget:
         self.train = ds.train.reshape(ds.train.shape[0], -1)
         self.description = f"{cfg.net} VP model (hidden {getattr(cfg, 'hidden', '?')}), {cfg.steps} DSM steps, EMA"
 
+    def _floor_images(self, n: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(999)
+        return self.train[torch.randperm(self.train.shape[0], generator=g)[:n]]
+
     def floor(self, n: int) -> float:
         """Energy distance between n training and n test images (the reference line)."""
-        g = torch.Generator().manual_seed(999)
-        idx = torch.randperm(self.train.shape[0], generator=g)[:n]
-        return distance(self.train[idx], self.test[: min(n, self.test.shape[0])])
+        return distance(self._floor_images(n), self.test[: min(n, self.test.shape[0])])
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Digits-classifier features of flat images ``(n, 64)``."""
+        return digits_features(x.reshape(-1, *self.shape))
+
+    def fd(self, x: torch.Tensor, n: int) -> float:
+        """Fréchet distance between images ``x`` and the first n test images, in classifier features."""
+        return frechet_distance(self.features(x), self.features(self.test[:n]))
+
+    def floor_fd(self, n: int) -> float:
+        """Fréchet distance between n training and n test images (the reference line of the digits)."""
+        return self.fd(self._floor_images(n), n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +300,8 @@ def run(args, digits: Optional[DigitsTarget] = None) -> list[dict]:
     if digits is not None:
         targets[DIGITS] = digits
         n_digits = min(args.digits_n, digits.test.shape[0])
-        nulls[DIGITS] = dict(null_q99=digits.floor(n_digits), null_logp=float("nan"), null_mass=float("nan"))
+        nulls[DIGITS] = dict(null_q99=digits.floor(n_digits), null_fd=digits.floor_fd(n_digits),
+                             null_logp=float("nan"), null_mass=float("nan"))
     refs = {}  # (target, seed) -> (reference sample, its mean log density)
     rows = []
     cfgs = configs(args.budgets, args.tolerances, args.long_budgets, args.sweep_budgets)
@@ -300,9 +320,11 @@ def run(args, digits: Optional[DigitsTarget] = None) -> list[dict]:
             res, wall = timed(lambda: sample(score, sde, shape, sampler=cfg.sampler, generator=g, device=device,
                                              **cfg.kwargs()), device)
         x = res.x[res.ok].cpu().reshape(-1, tgt.dim).float()
-        logp_err = mass = narrow = nan
+        logp_err = mass = narrow = fd = nan
         if is_digits:
             ref = tgt.test[:n]
+            finite = torch.isfinite(x).all(dim=1)  # a diverged sample has no features
+            fd = tgt.fd(x[finite], n) if int(finite.sum()) >= 2 else nan
         else:
             if (target, seed) not in refs:
                 r = tgt.mix.sample(n, generator=torch.Generator().manual_seed(10_000 + seed))
@@ -314,9 +336,10 @@ def run(args, digits: Optional[DigitsTarget] = None) -> list[dict]:
         dist = distance(x, ref) if x.shape[0] >= 2 else nan
         rows.append(dict(oracle=target, family=cfg.family, sampler=cfg.sampler, grid=cfg.grid_name,
                          config=cfg.label, sweep=int(cfg.sweep), seed=seed, nfe=round(res.mean_nfe, 1),
-                         wall_s=round(wall, 5), energy_distance=dist, logp_error=logp_err, mass_error=mass,
+                         wall_s=round(wall, 5), energy_distance=dist, frechet_distance=fd,
+                         logp_error=logp_err, mass_error=mass,
                          narrow_mass_error=narrow, ok_fraction=float(res.ok.float().mean()),
-                         device=device_name(device), **nulls[target]))
+                         device=device_name(device), **{"null_fd": nan, **nulls[target]}))
     return rows
 
 
@@ -378,21 +401,28 @@ def summarize(rows):
     for (oracle, family, grid, config), rs in groups.items():
         s = dict(oracle=oracle, family=family, grid=grid, config=config, sweep=bool(int(rs[0]["sweep"])),
                  nfe=_mean(r["nfe"] for r in rs), wall_s=_mean(r["wall_s"] for r in rs))
-        for key, name in (("energy_distance", "dist"), ("logp_error", "logp_err"), ("mass_error", "mass"),
-                          ("narrow_mass_error", "narrow")):
+        for key, name in (("energy_distance", "ed"), ("frechet_distance", "fd"), ("logp_error", "logp_err"),
+                          ("mass_error", "mass"), ("narrow_mass_error", "narrow")):
             v = [float(r[key]) for r in rs]
             s[name], s[name + "_min"], s[name + "_max"] = sum(v) / len(v), min(v), max(v)
         s["abs_logp_err"] = _mean(abs(float(r["logp_error"])) for r in rs)
-        for key in ("null_q99", "null_logp", "null_mass"):
+        for key in ("null_q99", "null_fd", "null_logp", "null_mass"):
             s[key] = float(rs[0][key])
+        # The statistic a target is judged by (``dist`` against ``null``): the Fréchet distance on
+        # the digits, the energy distance on the oracles (and in CSVs of runs before the FD).
+        by_fd = oracle == DIGITS and math.isfinite(s["null_fd"])
+        s["statistic"] = "Fréchet distance" if by_fd else "energy distance"
+        for suffix in ("", "_min", "_max"):
+            s["dist" + suffix] = s[("fd" if by_fd else "ed") + suffix]
+        s["null"] = s["null_fd"] if by_fd else s["null_q99"]
         out.append(s)
     return out
 
 
 def passes(s: dict, criterion: str) -> Optional[bool]:
-    """Is the mean over seeds below the null: ``"ed"`` energy distance only; ``"all"`` also
-    ``|log-density error|`` and the mass error (oracles)."""
-    ok = s["dist"] < s["null_q99"]
+    """Is the mean over seeds below the null: ``"ed"`` the target's distance only (energy distance;
+    Fréchet distance on the digits); ``"all"`` also ``|log-density error|`` and the mass error (oracles)."""
+    ok = s["dist"] < s["null"]
     if criterion == "all":
         if not (math.isfinite(s["null_logp"]) and math.isfinite(s["null_mass"])):
             return None  # a CSV of an older run, without these nulls
@@ -444,7 +474,8 @@ def reach_lines(summary, targets) -> list[str]:
     fams = list(default)
     lines = ["## Smallest NFE at which each sampler reaches the null", "",
              "NFE per sample from which on the mean over seeds stays below the null (energy distance: "
-             "the truth-vs-truth 99% quantile; digits: the train-vs-test distance) at every larger NFE of the "
+             "the truth-vs-truth 99% quantile; digits: the Fréchet distance in the digits classifier's features, "
+             "against the train-vs-test distance at the same n) at every larger NFE of the "
              "sweep; `> N`: not below it at the largest NFE tried. Each sampler at its default grid. "
              "`all`: energy distance, |log-density error| and mass error below their nulls at once (oracles).", "",
              *md_table(["sampler", "grid", *targets, *(f"{t}: all" for t in oracle_targets)])]
@@ -500,8 +531,10 @@ def table_lines(summary, targets) -> list[str]:
         ss = [s for s in summary if s["oracle"] == oracle]
         s0 = ss[0]
         if oracle == DIGITS:
-            lines += [f"### {oracle} (reference: held-out test images; train-vs-test distance {s0['null_q99']:.3g})",
-                      "", *md_table(["sampler", "grid", "config", "NFE", "wall s", "energy distance"])]
+            lines += [f"### {oracle} (reference: held-out test images; train vs test: Fréchet distance "
+                      f"{s0['null_fd']:.3g}, energy distance {s0['null_q99']:.3g})", "",
+                      *md_table(["sampler", "grid", "config", "NFE", "wall s", "Fréchet distance (classifier "
+                                 "features)", "energy distance (pixels)"])]
         else:
             lines += [f"### {oracle} (nulls, 99% quantile: energy distance {s0['null_q99']:.3g}, "
                       f"|log-density error| {s0['null_logp']:.3g}, mass error {s0['null_mass']:.3g})", "",
@@ -510,7 +543,9 @@ def table_lines(summary, targets) -> list[str]:
         for s in ss:
             line = (f"| {s['family']} | {s['grid']} | {s['config']} | {s['nfe']:.0f} | {s['wall_s']:.3f} | "
                     f"{_g(s['dist'])} [{_g(s['dist_min'])}, {_g(s['dist_max'])}] |")
-            if oracle != DIGITS:
+            if oracle == DIGITS:
+                line += f" {_g(s['ed'])} [{_g(s['ed_min'])}, {_g(s['ed_max'])}] |"
+            else:
                 line += (f" {_g(s['logp_err'], True)} [{_g(s['logp_err_min'], True)}, {_g(s['logp_err_max'], True)}] |"
                          f" {_g(s['mass'])} [{_g(s['mass_min'])}, {_g(s['mass_max'])}] |")
                 if oracle == NARROW:
@@ -540,7 +575,8 @@ def write_outputs(rows, out: Path, tag: str, speed: Optional[list] = None) -> di
     seeds = len({r["seed"] for r in rows})
     lines = [f"Samplers at equal NFE (score evaluations per sample, denoising step included); VP SDE; "
              f"device: {rows[0]['device']}; {date.today().isoformat()}; {seeds} seed(s). "
-             "Energy distance (V-statistic) to the reference; log-density error = mean log p(samples) - "
+             "Energy distance (V-statistic) to the reference (digits: Fréchet distance in the features of the "
+             "built-in digits classifier, `scoresde.metrics.digits_features`); log-density error = mean log p(samples) - "
              "mean log p(true samples) under the exact mixture density (nats); mass error = max_k |w_hat_k - w_k| "
              "with samples assigned by the mixture's Bayes classifier; narrow mass error = w_hat - w of the narrow "
              "component (std 0.05, weight 0.15). Means over seeds, [min, max]. With one seed, the deterministic "
@@ -625,11 +661,12 @@ def _finish(ax, title, xlabel, ylabel):
         ax.legend(fontsize=6.5, ncol=1, framealpha=0.6)
 
 
-def _ylab(oracle):
-    return "energy distance to test images" if oracle == DIGITS else "energy distance to the mixture"
+def _ylab(summary, oracle):
+    s = next(s for s in summary if s["oracle"] == oracle)
+    return f"{s['statistic']} to test images" if oracle == DIGITS else "energy distance to the mixture"
 
 
-def _null_of(summary, oracle, key="null_q99"):
+def _null_of(summary, oracle, key="null"):
     return next(s[key] for s in summary if s["oracle"] == oracle)
 
 
@@ -654,8 +691,8 @@ def _figure_nfe(summary, targets, groups, default, device, path) -> None:
             for k, fam in enumerate(members):
                 _draw(ax, summary, oracle, fam, default[fam], "nfe", "dist", _style(k), _label(fam, default[fam]))
             _null_line(ax, _null_of(summary, oracle), oracle)
-            _finish(ax, f"{oracle}: {gname}", "NFE per sample", _ylab(oracle))
-    fig.suptitle(f"Energy distance vs NFE ({device})", fontsize=10)
+            _finish(ax, f"{oracle}: {gname}", "NFE per sample", _ylab(summary, oracle))
+    fig.suptitle(f"Energy distance (digits: Fréchet distance) vs NFE ({device})", fontsize=10)
     _save(fig, path)
 
 
@@ -707,14 +744,14 @@ def _figure_grids(summary, targets, default, device, path) -> None:
                 for g in GRIDS:
                     style = dict(color=cmap(k), ls=lss[g], marker=mks[g], ms=3.5, lw=1.2)
                     _draw(ax, summary, oracle, fam, g, "nfe", key, style, None, band=False)
-            _null_line(ax, _null_of(summary, oracle, "null_q99" if key == "dist" else "null_mass"), oracle)
+            _null_line(ax, _null_of(summary, oracle, "null" if key == "dist" else "null_mass"), oracle)
             # One legend entry per sampler (colour) and per grid (line style), not per pair.
             for k, fam in enumerate(sweep_fams):
                 ax.plot([], [], color=cmap(k), lw=3, label=fam)
             for g in GRIDS:
                 ax.plot([], [], color="0.3", ls=lss[g], marker=mks[g], ms=3.5, label=f"grid {g}")
             _finish(ax, f"{oracle}: time grids", "NFE per sample",
-                    _ylab(oracle) if key == "dist" else "mass error max_k |w_hat - w|")
+                    _ylab(summary, oracle) if key == "dist" else "mass error max_k |w_hat - w|")
     fig.suptitle(f"Time-grid sweep ({device})", fontsize=10)
     _save(fig, path)
 
@@ -733,7 +770,7 @@ def _figure_wall(summary, targets, groups, default, device, path) -> None:
                 style = dict(color=cmap(i), marker="osD^vPX*"[k % 8], ms=3.5, lw=1.0)
                 _draw(ax, summary, oracle, fam, default[fam], "wall_s", "dist", style, None, band=False)
         _null_line(ax, _null_of(summary, oracle), oracle)
-        _finish(ax, oracle, "wall time [s]", _ylab(oracle))
+        _finish(ax, oracle, "wall time [s]", _ylab(summary, oracle))
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     leg = axes[0][-1]
@@ -743,7 +780,7 @@ def _figure_wall(summary, targets, groups, default, device, path) -> None:
     leg.plot([], [], color="k", ls="--", lw=1, label="null / train vs test")
     leg.axis("off")
     leg.legend(loc="center left", fontsize=7, frameon=False)
-    fig.suptitle(f"Energy distance vs wall time per run ({device})", fontsize=10)
+    fig.suptitle(f"Energy distance (digits: Fréchet distance) vs wall time per run ({device})", fontsize=10)
     _save(fig, path)
 
 
@@ -826,12 +863,13 @@ def parse(argv=None):
 
 def read_rows(path: Path) -> list[dict]:
     """Rows of a CSV this study wrote, with numbers parsed (for ``--replot``); CSVs of older runs
-    lack the grid, mass and null columns (they read as ``""`` and nan)."""
+    lack the grid, mass, Fréchet and null columns (they read as ``""`` and nan)."""
     rows = list(csv.DictReader(open(path)))
     for r in rows:
         for k in ("nfe", "wall_s", "energy_distance", "null_q99", "ok_fraction"):
             r[k] = float(r[k])
-        for k in ("logp_error", "null_logp", "mass_error", "null_mass", "narrow_mass_error"):
+        for k in ("frechet_distance", "null_fd", "logp_error", "null_logp", "mass_error", "null_mass",
+                  "narrow_mass_error"):
             r[k] = float(r.get(k) or "nan")
         r["seed"] = int(r["seed"])
         r["grid"] = r.get("grid") or ""

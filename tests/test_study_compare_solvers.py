@@ -46,6 +46,9 @@ def test_quick_mode_covers_every_sampler_on_every_target(quick):
         for key in ("logp_error", "mass_error", "null_logp", "null_mass"):
             assert math.isfinite(float(r[key])) == is_oracle, (key, r["oracle"])
         assert math.isfinite(float(r["narrow_mass_error"])) == (r["oracle"] == mod.NARROW)
+        # the digits rows are scored by the Fréchet distance in classifier features, and only they
+        for key in ("frechet_distance", "null_fd"):
+            assert math.isfinite(float(r[key])) == (not is_oracle), (key, r["oracle"])
         assert float(r["energy_distance"]) > 0 and float(r["null_q99"]) > 0
     # the budgets are honoured where the step cost allows: DPM-Solver-3 spends exactly 40
     d3 = [r for r in rows if r["sampler"] == "dpm_solver_3" and r["config"] == "nfe=40"]
@@ -116,3 +119,18 @@ def test_bad_arguments_are_clear_errors(capsys):
     with pytest.raises(SystemExit):
         mod.parse(["--budgets", "3"])
     assert "--budgets" in capsys.readouterr().err
+
+
+def test_digits_rows_are_judged_by_the_frechet_distance(quick):
+    mod, _, paths, rows = quick
+    digits = [r for r in rows if r["oracle"] == mod.DIGITS]
+    floor = float(digits[0]["null_fd"])
+    # A 30-step model samples little better than noise: every sampler's Fréchet distance to the
+    # test images is well above the train-vs-test floor (two samples of the data; at n = 64 in 64
+    # feature dimensions the FD estimator is biased up, so the floor is far from 0).
+    assert 0 < floor < min(float(r["frechet_distance"]) for r in digits) / 2
+    summary = [s for s in mod.summarize(rows) if s["oracle"] == mod.DIGITS]
+    assert all(s["statistic"] == "Fréchet distance" and s["null"] == floor for s in summary)
+    assert all(s["dist"] == s["fd"] for s in summary)
+    md = paths["md"].read_text()
+    assert "Fréchet distance (classifier features)" in md
