@@ -50,8 +50,9 @@ def likelihood_in(variable: str, score_fn, sde, x, *, rtol: float, seed: int, ep
         lam = sde.log_snr_unchecked(torch.tensor([t], dtype=torch.float64)).item()
         return -lam / 2 if variable == "log_sigma_bar" else math.exp(-lam / 2)
 
-    def field(u, state):
+    def field(u, state, rows=None):  # rows: the samples still running (the per-sample solver)
         xb = state[0]
+        v = probes if rows is None else probes[:, rows]
         lam = -2.0 * (u.double() if variable == "log_sigma_bar" else torch.log(u.double()))
         t = sde.log_snr_inverse_unchecked(lam).to(xb.dtype)
         m = sde.log_mean_coeff_unchecked(t).exp().reshape(shape)
@@ -61,7 +62,7 @@ def likelihood_in(variable: str, score_fn, sde, x, *, rtol: float, seed: int, ep
             d = -sb * m * score_fn(m * xg, t)
             if variable == "log_sigma_bar":
                 d = sb * d
-            div = divergence(d, xg, probes)
+            div = divergence(d, xg, v)
         return d.detach(), div.detach().double()
 
     lm0 = sde.log_mean_coeff_unchecked(torch.tensor(eps, dtype=torch.float64)).item()

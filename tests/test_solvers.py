@@ -60,14 +60,19 @@ class LinearProblem:
         nm = None if self.nan_mask is None else self.nan_mask[idx]
         return LinearProblem(self.k[idx], self.w[idx], self.y0[idx], nm)
 
-    def f(self, t, y):
+    def f(self, t, y, rows=None):
+        """``rows``: the per-sample solvers call f on the running samples only, with their indices."""
         self.calls += 1
         self.times.append(t.detach().clone())
         assert t.shape == (y.shape[0],)
-        a = -self.k * (1.0 + t)
-        d = torch.stack([a * y[:, 0] - self.w * y[:, 1], a * y[:, 1] + self.w * y[:, 0]], dim=1)
-        if self.nan_mask is not None:
-            d = torch.where(self.nan_mask[:, None], torch.full_like(d, float("nan")), d)
+        k, w, nan_mask = self.k, self.w, self.nan_mask
+        if rows is not None:
+            k, w = k[rows], w[rows]
+            nan_mask = None if nan_mask is None else nan_mask[rows]
+        a = -k * (1.0 + t)
+        d = torch.stack([a * y[:, 0] - w * y[:, 1], a * y[:, 1] + w * y[:, 0]], dim=1)
+        if nan_mask is not None:
+            d = torch.where(nan_mask[:, None], torch.full_like(d, float("nan")), d)
         return d
 
     def exact(self, t0, t1):
@@ -283,7 +288,10 @@ def test_tuple_state_with_float64_component(method, t0, t1):
         return (-y, y.sum(dim=(1, 2)))  # a float32 derivative for the float64 component is cast
 
     res = solve_ode(f, (y0, l0), t0, t1, method=method, steps=200, rtol=1e-6, atol=1e-7)
-    assert set(seen) == {(torch.float32, torch.float32, torch.float64, (B, 3, 4), (B,))}
+    # the per-sample methods pass the running samples only: n <= B rows of every component
+    assert {s[:3] for s in seen} == {(torch.float32, torch.float32, torch.float64)}
+    assert all(s[3] == (s[4][0], 3, 4) and 1 <= s[4][0] <= B for s in seen)
+    assert seen[0][3:] == ((B, 3, 4), (B,))
     assert isinstance(res.y, tuple) and len(res.y) == 2
     y, l = res.y
     assert y.dtype == torch.float32 and l.dtype == torch.float64 and y.shape == (B, 3, 4) and l.shape == (B,)
@@ -327,10 +335,10 @@ def test_nan_appearing_mid_solve_keeps_last_good_state(method):
     prob = LinearProblem.random(5, seed=9, k_range=(0.1, 3.0), w_max=2.0, scale_range=(0.5, 2.0))
     base = prob.f
 
-    def f(t, y):
-        d = base(t, y)
-        bad = torch.zeros_like(t, dtype=torch.bool)
-        bad[3] = t[3] < 0.5
+    def f(t, y, rows=None):
+        d = base(t, y, rows=rows)
+        idx = torch.arange(5) if rows is None else rows
+        bad = (idx == 3) & (t < 0.5)
         return torch.where(bad[:, None], torch.full_like(d, float("nan")), d)
 
     res = solve_ode(f, prob.y0, 1.0, 0.0, method=method, steps=20)
@@ -387,20 +395,31 @@ def test_step_underflow_reported():
 @pytest.mark.parametrize("method", available_methods())
 @pytest.mark.parametrize("t0, t1", [(1e-3, 1.0), (1.0, 1e-3)])
 def test_f_only_evaluated_inside_interval_on_whole_batch(method, t0, t1):
+    """Every call lies in [t0, t1]; the shared-step and fixed-step methods always pass the whole
+    batch, the per-sample ones the whole batch at first and then the samples still running (all of
+    it with running_only=False)."""
     prob = LinearProblem.random(7, seed=12, k_range=(0.1, 30.0))
-    shapes = []
-    f0 = prob.f
+    for running_only in (True, False):
+        shapes = []
+        f0 = prob.f
+        prob.times = []
 
-    def f(t, y):
-        shapes.append((tuple(t.shape), tuple(y.shape), t.dtype))
-        return f0(t, y)
+        def f(t, y, rows=None):
+            shapes.append((tuple(t.shape), tuple(y.shape), t.dtype))
+            return f0(t, y, rows=rows)
 
-    solve_ode(f, prob.y0, t0, t1, method=method, steps=10, rtol=1e-5, atol=1e-7)
-    assert set(shapes) == {((7,), (7, 2), torch.float64)}
-    times = torch.stack(prob.times)
-    lo, hi = min(t0, t1), max(t0, t1)
-    assert times.min() >= lo and times.max() <= hi
-    assert torch.equal(prob.times[0], torch.full((7,), t0, dtype=torch.float64))
+        solve_ode(f, prob.y0, t0, t1, method=method, steps=10, rtol=1e-5, atol=1e-7, running_only=running_only)
+        if METHODS[method].per_sample and running_only:
+            assert shapes[:2] == [((7,), (7, 2), torch.float64)] * 2  # f(t0, y0) and the starting-step probe
+            assert all(ts == (n,) and ys == (n, 2) and dt == torch.float64 and 1 <= n <= 7 for ts, ys, dt in shapes
+                       for n in [ts[0]])
+            assert len({ts for ts, _, _ in shapes}) > 1  # samples finished at different times
+        else:
+            assert set(shapes) == {((7,), (7, 2), torch.float64)}
+        times = torch.cat(prob.times)
+        lo, hi = min(t0, t1), max(t0, t1)
+        assert times.min() >= lo and times.max() <= hi
+        assert torch.equal(prob.times[0], torch.full((7,), t0, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("method", ADAPTIVE_PER_SAMPLE)
@@ -496,10 +515,11 @@ def test_cuda_state_stays_on_device_and_matches_truth(method):
     devices = set()
 
     def make_f(p):
-        def f(t, state):
+        def f(t, state, rows=None):
             y, l = state
             devices.update({t.device.type, y.device.type, l.device.type})
-            return (p.f(t, y), -p.k * (1.0 + t.double()) * l)
+            k = p.k if rows is None else p.k[rows]
+            return (p.f(t, y, rows=rows), -k * (1.0 + t.double()) * l)
         return f
 
     t0, t1 = 1.0, 1e-3

@@ -28,7 +28,9 @@ class ODESampler(Sampler):
     the max-steps status (``max_steps`` is set to the number of whole steps the budget pays for).
     Randomness enters only through ``x_T``. NFE is per sample for the per-sample solver. The
     callback is called once per batched evaluation with ``t`` a ``(B,)`` tensor (each sample of the
-    per-sample solver has its own time) and ``x0_hat`` None.
+    per-sample solver has its own time), ``x0_hat`` None, and ``rows``: None when ``x`` and ``t``
+    hold the whole batch, else the indices of the rows they hold (the per-sample solver evaluates
+    only the samples still running).
     """
 
     name = "ode"
@@ -74,10 +76,11 @@ class ODESampler(Sampler):
         rsde = sde.reverse(score, probability_flow=True)
         evals = [0]
 
-        def field(t, x):
+        def field(t, x, rows=None):
             drift = rsde.sde_unchecked(x, t)[0]
             if callback is not None:  # the solver reuses its stage buffers: hand out copies
-                callback(dict(i=evals[0], t=t.clone(), x=x.clone(), x0_hat=None))
+                callback(dict(i=evals[0], t=t.clone(), x=x.clone(), x0_hat=None,
+                              rows=None if rows is None else rows.clone()))
             evals[0] += 1
             return drift
 

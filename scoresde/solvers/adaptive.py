@@ -1,16 +1,23 @@
 """Per-sample adaptive embedded Runge–Kutta (dopri5, bosh3): every sample has its own step size.
 
 One loop runs any embedded FSAL tableau. All per-sample quantities (time, step size, error, accept
-flag, counters, status) are ``(B,)`` tensors on the state's device; ``f`` is always called on the
-whole batch. A sample that is finished (or failed) is frozen: its step is zero, so its stages are
-evaluated at its own ``(t, y)`` and its state is never updated again. The only host read-back per
-iteration is the loop's ``any sample still running`` decision (with ``progress=True`` the minimum
-covered fraction is read in the same transfer).
+flag, counters, status) are ``(B,)`` tensors on the state's device. A sample that is finished (or
+failed) is frozen: its step is zero and its state is never updated again. ``f`` sees only the
+samples still running: each stage gathers their rows, calls ``f`` on that sub-batch and scatters the
+result back into the full-size stage buffer (a frozen sample's rows keep stale values, which only
+ever meet a zero step and masks that never accept them). The running set only shrinks, so its row
+index is recomputed (one ``nonzero``) only when the count of running samples, which the loop reads
+anyway, changed; while every sample runs there is no gather or scatter at all. The first evaluation
+``f(t0, y0)`` and the starting-step probe see the whole batch. ``running_only=False`` restores the
+old whole-batch evaluation. The only host read-back per iteration is the loop's ``number of samples
+still running`` (with ``progress=True`` the minimum covered fraction is read in the same transfer).
 
 Independence from batch mates: every operation is row-wise and uses exactly rounded elementwise
 arithmetic, so, for an ``f`` that treats rows independently, a sample's trajectory (steps, accepts,
 result, NFE) is the one it would have alone, up to the last-ulp differences that vectorised versus
-scalar transcendental kernels (``pow`` in the controller) may introduce.
+scalar transcendental kernels (``pow`` in the controller) may introduce. For such an ``f`` the
+sub-batch evaluation changes nothing either: a running sample's stages get the values ``f`` gives
+its row, whoever shares the call.
 """
 from __future__ import annotations
 
@@ -49,7 +56,9 @@ class PerSampleRK(ODESolver):
 
     NFE per sample: 1 (``f(t0, y0)``) + 1 (starting-step probe, unless ``first_step``) +
     ``(stages - 1)`` per attempted step (FSAL), i.e. ``2 + 6 (n_accepted + n_rejected)`` for dopri5.
-    ``max_steps`` bounds the attempted (accepted + rejected) steps.
+    ``max_steps`` bounds the attempted (accepted + rejected) steps. With ``running_only`` (the
+    default) each stage calls ``f`` on the running samples only (see the module docstring), so the
+    rows ``f`` evaluates add up to the samples' NFE (plus the whole-batch first two calls).
     """
 
     tableau: ClassVar[ButcherTableau]
@@ -94,6 +103,7 @@ class PerSampleRK(ODESolver):
                 bar.update(covered)
                 if n_running == 0:
                     break
+                st.select(int(n_running))
                 if graphs is not None and graphs.ready:
                     graphs.step(st)
                 else:
@@ -124,6 +134,11 @@ class _StepBuffers:
     ``f`` runs eagerly in between; ``f`` then receives the stage buffers ``(t_stage, y_stage)``,
     valid during the call and overwritten by the next stage. With ``inplace=False`` every update
     binds a fresh tensor (no copies; the eager loop on the CPU).
+
+    ``rows`` is ``None`` while ``f`` is called on the whole batch, else the LongTensor of the running
+    samples' indices (:meth:`select`); :meth:`evaluate` gathers those rows of the stage buffers,
+    calls ``f`` on them and scatters the result into ``ks[i]`` (``index_copy_`` into the persistent
+    buffer when in place), so the buffers the graphs read are never re-bound.
     """
 
     def __init__(self, tab: ButcherTableau, opt, pb: Problem, k1, t, h_abs, status, nfe, inplace: bool):
@@ -158,6 +173,20 @@ class _StepBuffers:
         self.zero = torch.zeros((), dtype=cd, device=dev)
         self.report = torch.zeros(2, dtype=cd, device=dev)
         self._report()
+        self.rows = None  # the whole batch
+        self.n_rows = B   # the number of rows ``rows`` selects
+
+    def select(self, n_running: int) -> None:
+        """Choose the rows ``f`` sees this iteration from the host's count of running samples.
+
+        The running set only shrinks (a status never returns to RUNNING), so an unchanged count is an
+        unchanged set and the index is kept; only a new count costs one ``nonzero`` (one host sync).
+        All rows running (or ``running_only=False``): ``rows = None``, no gather or scatter.
+        """
+        if not self.opt.running_only or n_running == self.n_rows:
+            return
+        self.n_rows = n_running
+        self.rows = None if n_running == self.S.batch else torch.nonzero(self.status == RUNNING).squeeze(1)
 
     def _replace(self, old, new):
         """``new`` in ``old``'s place: copied into ``old``'s storage when in place, else ``new`` itself."""
@@ -199,13 +228,28 @@ class _StepBuffers:
         self._put("t_stage", t.to(self.S.time_dtype))
 
     def evaluate(self, i: int) -> None:
-        """``k_i = f(t_stage, y_stage)`` (eager: ``f`` is the user's code)."""
-        k = self.pb.rhs(self.t_stage, self.y_stage)
+        """``k_i = f(t_stage, y_stage)`` on :attr:`rows` (eager: ``f`` is the user's code).
+
+        Rows outside :attr:`rows` (finished or failed samples) keep what ``ks[i]`` held: their step is
+        zero and they are never accepted, so stale values (even inf, where ``0 * inf = NaN`` in the
+        stage combination) never reach their state, counters or status.
+        """
+        rows = self.rows
+        if rows is None:
+            k = self.pb.rhs(self.t_stage, self.y_stage)
+            if self.inplace:
+                for buf, v in zip(self.ks[i], k):
+                    buf.copy_(v)
+            else:
+                self.ks[i] = k
+            return
+        k = self.pb.rhs(self.t_stage.index_select(0, rows), tuple(c.index_select(0, rows) for c in self.y_stage),
+                        rows=rows)
         if self.inplace:
             for buf, v in zip(self.ks[i], k):
-                buf.copy_(v)
+                buf.index_copy_(0, rows, v)
         else:
-            self.ks[i] = k
+            self.ks[i] = tuple(buf.index_copy(0, rows, v) for buf, v in zip(self.ks[i], k))
 
     def end(self) -> None:
         """Error estimate, accept/reject, the state update (FSAL), the next step size and the statuses."""
@@ -260,7 +304,9 @@ class _CudaGraphs:
     hundred tiny kernels besides ``f``. Captured once (after one eager step, which warms up the
     kernels), ``begin + stage(1)``, ``stage(i)`` for ``i >= 2`` and ``end`` replay as one launch each,
     with the same kernels on the same buffers, so the results are bitwise those of the eager loop.
-    ``f`` is not captured: it runs eagerly between replays. If capture fails (e.g. an allocator or
+    ``f`` is not captured: it runs eagerly between replays, together with the gather of the running
+    rows and the scatter of ``f``'s output into the stage buffers (``index_copy_``, same storage),
+    so the graphs stay valid however the running set shrinks. If capture fails (e.g. an allocator or
     stream setting that forbids it), the solver warns once and stays eager.
     """
 

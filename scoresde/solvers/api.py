@@ -53,15 +53,21 @@ def solve_ode(
     progress: bool = False,
     controller: Optional[StepSizeController] = None,
     cuda_graphs: bool = True,
+    running_only: bool = True,
 ) -> ODEResult:
     """Integrate ``dy/dt = f(t, y)`` from ``t0`` to ``t1`` for a batch of ``B`` independent initial values.
 
     Args:
         f: ``f(t, y) -> dy/dt``. ``t`` is a ``(B,)`` tensor of per-sample times in the dtype of ``y0``'s
             first component, on its device; ``y`` has the structure of ``y0``; ``f`` returns that
-            structure (a floating output of another dtype is cast to the component's dtype). ``f`` is
-            always called on the whole batch; finished or failed samples are passed at their own final
-            ``(t, y)`` and their derivatives are ignored. ``f`` is never evaluated outside ``[t0, t1]``.
+            structure (a floating output of another dtype is cast to the component's dtype). The
+            per-sample methods call ``f`` on the samples still running only (see ``running_only``):
+            then ``t`` and ``y`` have ``n <= B`` rows and ``f`` returns ``n`` rows. An ``f`` that
+            holds per-sample data (tensors ``(B, ...)`` in a closure, e.g. the likelihood's probes)
+            declares a parameter ``rows`` and is then always called as ``f(t, y, rows=rows)``:
+            ``rows`` is the ``(n,)`` LongTensor of the rows' indices in the batch (increasing), or
+            ``None`` when ``y`` is the whole batch in order. ``f`` is never evaluated outside
+            ``[t0, t1]``.
         y0: a tensor ``(B, *dims)`` or a tuple of tensors with leading dimension ``B`` (ranks and dtypes
             may differ, e.g. ``(x (B, C, H, W) float32, logp (B,) float64)``); finite; one device.
         t0, t1: Python floats, ``t0 != t1``; ``t1 < t0`` integrates backwards (e.g. ``T -> eps``).
@@ -87,6 +93,14 @@ def solve_ode(
             captured after the first step: the same kernels on the same buffers, so bitwise the same
             result, at a fraction of the launch cost. ``f`` always runs eagerly. ``False`` keeps the
             eager loop; ignored elsewhere.
+        running_only: the per-sample methods evaluate ``f`` on the samples still running only: each
+            stage gathers their rows, calls ``f`` on them and scatters the result back (finished and
+            failed samples are frozen and need no derivative). Only the first evaluation and the
+            starting-step probe see the whole batch. For an ``f`` that treats rows independently
+            every sample's result, NFE, step counts and status are bitwise those of ``False``, which
+            calls ``f`` on the whole batch every time (finished samples at their own final ``(t, y)``,
+            derivatives ignored): the old behaviour, kept for comparison and for an ``f`` that
+            cannot work on a sub-batch. Ignored by the other methods.
 
     Returns:
         :class:`ODEResult` with ``y`` (structure of ``y0``), per-sample ``t``, ``nfe``, ``n_accepted``,
@@ -134,6 +148,6 @@ def solve_ode(
     comps, struct = analyse_state(y0)
     options = SolveOptions(rtol=rtol, atol=atol, steps=steps, max_steps=max_steps, first_step=first_step,
                            progress=bool(progress), controller=controller,
-                           cuda_graphs=bool(cuda_graphs))
+                           cuda_graphs=bool(cuda_graphs), running_only=bool(running_only))
     problem = Problem(rhs=CheckedRHS(f, struct), y0=comps, t0=t0, t1=t1, struct=struct)
     return cls(options).solve(problem)

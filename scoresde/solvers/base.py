@@ -13,7 +13,11 @@ from .state import CheckedRHS, Components, Structure
 
 @dataclass(frozen=True)
 class SolveOptions:
-    """Validated options of one :func:`~scoresde.solvers.solve_ode` call."""
+    """Validated options of one :func:`~scoresde.solvers.solve_ode` call.
+
+    ``running_only`` (per-sample methods): evaluate ``f`` on the samples still running only
+    (``False``: on the whole batch every time, the old behaviour, kept for comparison).
+    """
 
     rtol: float
     atol: float
@@ -23,6 +27,7 @@ class SolveOptions:
     progress: bool
     controller: StepSizeController
     cuda_graphs: bool = True
+    running_only: bool = True
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ sample ``i``'s inputs only, which is what makes the per-sample solvers independe
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -96,12 +97,28 @@ def analyse_state(y0: State, name: str = "y0") -> Tuple[Components, Structure]:
     return comps, struct
 
 
+def accepts_rows(f: Callable) -> bool:
+    """Whether ``f`` declares a parameter ``rows`` that can be passed by keyword (``**kwargs`` does not count)."""
+    try:
+        params = inspect.signature(f).parameters
+    except (TypeError, ValueError):  # a builtin or an extension type without a signature
+        return False
+    p = params.get("rows")
+    return p is not None and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
 class CheckedRHS:
     """``f`` wrapped for the solvers: takes and returns tuples, checks the returned structure, counts calls.
 
-    ``rhs(t, ys)`` with ``t`` a ``(B,)`` tensor in the time dtype. The output must have the structure,
-    shapes and device of the state; a floating output of another dtype is cast to the component's dtype
-    (e.g. a float32 divergence for a float64 log-density component). ``calls`` counts batched calls.
+    ``rhs(t, ys, rows=None)`` with ``t`` a ``(n,)`` tensor in the time dtype and ``ys`` the state of
+    ``n`` samples: the whole batch (``rows=None``, ``n = B``) or the sub-batch of the samples whose
+    indices in the batch are the LongTensor ``rows`` (the per-sample solver's running samples). The
+    output must have the structure, trailing shapes and device of the state and ``n`` rows; a
+    floating output of another dtype is cast to the component's dtype (e.g. a float32 divergence for
+    a float64 log-density component). If ``f`` declares a parameter ``rows`` (detected once, with
+    :func:`inspect.signature`), every call passes it by keyword: ``None`` for the whole batch, else
+    the indices, so an ``f`` holding per-sample data (e.g. probes ``(B, ...)`` in a closure) can
+    select its rows. ``calls`` counts batched calls, ``rows_evaluated`` the rows they held in total.
     """
 
     def __init__(self, f: Callable[[torch.Tensor, State], State], struct: Structure):
@@ -109,15 +126,33 @@ class CheckedRHS:
             raise TypeError(f"f must be callable as f(t, y) -> dy/dt, got {type(f).__name__}")
         self.f = f
         self.struct = struct
+        self.takes_rows = accepts_rows(f)
         self.calls = 0
+        self.rows_evaluated = 0
 
-    def __call__(self, t: torch.Tensor, ys: Sequence[torch.Tensor]) -> Components:
+    def __call__(self, t: torch.Tensor, ys: Sequence[torch.Tensor], rows: Optional[torch.Tensor] = None) -> Components:
         self.calls += 1
-        out = self.f(t, self.struct.pack(ys))
-        return self.check(out)
+        n = self.struct.batch if rows is None else rows.shape[0]  # a Python-side shape: no sync
+        self.rows_evaluated += n
+        y = self.struct.pack(ys)
+        try:
+            out = self.f(t, y, rows=rows) if self.takes_rows else self.f(t, y)
+        except Exception as exc:
+            if rows is not None and not self.takes_rows and hasattr(exc, "add_note"):
+                exc.add_note(self._sub_batch_hint(n))
+            raise
+        return self.check(out, n, rows is not None)
 
-    def check(self, out) -> Components:
+    def _sub_batch_hint(self, n: int) -> str:
+        return (f"(f was called on the {n} of {self.struct.batch} samples still running, as the per-sample "
+                "solvers do by default: an f that holds per-sample data, e.g. tensors (B, ...) in a closure, "
+                "must take a keyword argument rows (the LongTensor of those samples' indices in the batch; None "
+                "for the whole batch) and select its data with it, or pass solve_ode(..., running_only=False))")
+
+    def check(self, out, n: Optional[int] = None, sub_batch: bool = False) -> Components:
+        """Check ``f``'s output for ``n`` rows (default: the whole batch) and cast it to the state's dtypes."""
         s = self.struct
+        n = s.batch if n is None else n
         if s.is_tuple:
             if not isinstance(out, (tuple, list)) or len(out) != len(s.shapes):
                 got = f"a tuple of length {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
@@ -132,8 +167,11 @@ class CheckedRHS:
             label = f"f(t, y)[{i}]" if s.is_tuple else "f(t, y)"
             if not isinstance(c, torch.Tensor):
                 raise ValueError(f"{label} must be a tensor, got {type(c).__name__}")
-            if c.shape != shape:
-                raise ValueError(f"{label} has shape {tuple(c.shape)} but the state component has shape {tuple(shape)}")
+            expected = torch.Size((n,) + tuple(shape[1:]))
+            if c.shape != expected:
+                hint = " " + self._sub_batch_hint(n) if sub_batch and not self.takes_rows else ""
+                raise ValueError(f"{label} has shape {tuple(c.shape)} but the state component has shape "
+                                 f"{tuple(expected)}{hint}")
             if c.device != s.device:
                 raise ValueError(f"{label} is on {c.device} but the state is on {s.device}")
             if not c.is_floating_point():
