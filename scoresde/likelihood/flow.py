@@ -14,7 +14,14 @@ drawn once per sample and held fixed along the trajectory, so the ODE stays an O
 Each function evaluation costs one forward of the network and one vector-Jacobian product per
 probe (all from the same forward). The log-density accumulator runs in float64 by default while
 the state and the network stay in the data's dtype; the per-sample solver makes a sample's result
-independent of its batch mates.
+independent of its batch mates, and evaluates only the samples still integrating: the field takes
+the solver's ``rows`` and selects those samples' probes.
+
+The divergence is taken by autograd through the score, so the score must be differentiable in
+``x``: one run under ``torch.no_grad()`` or ``torch.inference_mode()``, or one that detaches its
+output, would silently lose the score's part of the divergence (the VP drift ``f(t) x`` still
+depends on ``x``). :func:`log_likelihood` refuses such a score, and refuses to run inside
+``torch.inference_mode()``, with an error that says what to change.
 """
 from __future__ import annotations
 
@@ -30,6 +37,40 @@ from ..solvers import METHODS, solve_ode
 from .divergence import TRACES, divergence, draw_probes
 
 __all__ = ["LikelihoodResult", "log_likelihood"]
+
+_NOT_DIFFERENTIABLE = (
+    "score_fn returned a tensor that does not depend on x through autograd (requires_grad is False, "
+    "or its graph does not reach x), so the divergence of the probability-flow drift would silently "
+    "miss the score's part. The likelihood differentiates the score: do not wrap score_fn in "
+    "torch.no_grad() or torch.inference_mode(), and do not detach its input or output. A score that "
+    "truly does not depend on x can return 0 * x (plus its x-independent part).")
+
+
+class _DifferentiableScore:
+    """The score as the likelihood calls it: refuses an output that does not depend on ``x`` through autograd.
+
+    Every evaluation checks ``out.requires_grad`` (a Python attribute: no sync); the first one
+    also asks autograd whether the graph of ``out`` reaches ``x`` (one extra vector-Jacobian product
+    per :func:`log_likelihood` call), which catches a score computed from ``x.detach()`` by a network
+    whose parameters require grad.
+    """
+
+    def __init__(self, score):
+        self.score = score
+        self.reached = False
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.score(x, t)
+        if x.requires_grad and torch.is_grad_enabled():
+            if not out.requires_grad:
+                raise ValueError(_NOT_DIFFERENTIABLE)
+            if not self.reached:
+                (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out), retain_graph=True,
+                                           allow_unused=True)
+                if g is None:
+                    raise ValueError(_NOT_DIFFERENTIABLE)
+                self.reached = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -70,11 +111,12 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
                    eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5, backend: str = "dopri5",
                    steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
                    accumulator_dtype: torch.dtype = torch.float64, max_steps: int = 10_000,
-                   progress: bool = False) -> LikelihoodResult:
+                   progress: bool = False, running_only: bool = True) -> LikelihoodResult:
     """``log p_eps(x)`` in nats for a batch ``x`` of shape ``(B, *dims)`` under the probability-flow ODE.
 
     Args:
-        score_fn: ``score_fn(x, t)``, differentiable in ``x``.
+        score_fn: ``score_fn(x, t)``, differentiable in ``x`` by autograd (not run under
+            ``torch.no_grad()``, not detached; a score that does not depend on ``x`` returns ``0 * x``).
         trace: ``"rademacher"`` (default), ``"gaussian"`` (Hutchinson–Skilling), or ``"exact"``.
         n_probes: probes per sample averaged in each evaluation (Hutchinson only).
         eps: the time the density refers to, in ``(0, T)``; 1e-5 is the literature default.
@@ -84,10 +126,26 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
             ``"heun"`` need ``steps``).
         generator: draws the probes (on ``x``'s device); reproducible with a seed.
         accumulator_dtype: dtype of the log-density integral (float64 by default).
+        running_only: the per-sample backends evaluate the network on the samples still integrating
+            only (the field selects their probes); ``False`` evaluates the whole batch every time,
+            the old behaviour: the same per-sample results (bitwise for a row-wise score, such as an
+            oracle), more work. See :func:`~scoresde.solvers.solve_ode`.
 
     Returns a :class:`LikelihoodResult`; a sample the solver could not finish gets its status and a
     NaN ``logp`` instead of failing the batch.
+
+    Raises:
+        RuntimeError: called inside ``torch.inference_mode()`` (no autograd graph can be built there;
+            call it outside: it runs its solver under ``torch.no_grad()`` itself).
+        ValueError: ``score_fn``'s output does not depend on ``x`` through autograd (see above),
+            besides the argument checks.
     """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "log_likelihood (and evaluate_bpd) cannot run inside torch.inference_mode(): the divergence "
+            "differentiates the score with autograd, which inference mode turns off. Call it outside "
+            "inference_mode (it runs the solver under torch.no_grad() itself; torch.no_grad() around the "
+            "call is fine).")
     check_x(x)
     check_finite(x)
     if not isinstance(sde, SDE):
@@ -102,21 +160,23 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
         raise ValueError(f"the generator is on {generator.device} but x is on {x.device}")
 
     score = CheckedScore(score_fn)
-    rsde = sde.reverse(score, probability_flow=True)
+    rsde = sde.reverse(_DifferentiableScore(score), probability_flow=True)
     probes = None if trace == "exact" else draw_probes(trace, n_probes, x, generator)
 
-    def field(t, state):
+    def field(t, state, rows=None):
+        """The augmented field; ``rows``: the solver's running samples (their probes), None for all."""
         xs = state[0]
+        v = probes if probes is None or rows is None else probes[:, rows]
         with torch.enable_grad():
             xg = xs.detach().requires_grad_(True)
             drift = rsde.sde_unchecked(xg, t)[0]
-            div = divergence(drift, xg, probes)
+            div = divergence(drift, xg, v)
         return drift.detach(), div.detach().to(accumulator_dtype)
 
     y0 = (x.detach(), torch.zeros(x.shape[0], device=x.device, dtype=accumulator_dtype))
     with torch.no_grad():
         res = solve_ode(field, y0, eps, sde.T, method=backend, rtol=rtol, atol=atol, steps=steps,
-                        max_steps=max_steps, progress=progress)
+                        max_steps=max_steps, progress=progress, running_only=running_only)
         z, delta = res.y
         prior = sde.prior_logp_unchecked(z.to(accumulator_dtype))
     status = res.status.detach().cpu().long()
