@@ -28,11 +28,11 @@ PLANS = dict(
     default=dict(steps=STEPS, net="unet", channels=32, channel_mults=(1, 2), num_res_blocks=1, hidden=128, depth=3,
                  weighting="likelihood", time_sampler="importance", batch_size=128, lr=1e-3, warmup=100,
                  ema_decay=0.995, log_every=25, checkpoint_every=400, n_samples=None, n_test=None, em_steps=200,
-                 pc_steps=100, ode_tol=1e-4, bpd_tol=1e-4, gmm_k=10),
+                 pc_steps=100, ode_tol=1e-4, bpd_tol=None, gmm_k=10),
     quick=dict(steps=150, net="mlp", channels=32, channel_mults=(1, 2), num_res_blocks=1, hidden=64, depth=2,
                weighting="sigma2", time_sampler="uniform", batch_size=64, lr=2e-3, warmup=20, ema_decay=0.95,
                log_every=10, checkpoint_every=50, n_samples=16, n_test=32, em_steps=100, pc_steps=50,
-               ode_tol=1e-3, bpd_tol=1e-3, gmm_k=2),
+               ode_tol=1e-3, bpd_tol=None, gmm_k=2),
 )
 
 

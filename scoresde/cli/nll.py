@@ -26,8 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=positive_int, default=1, help="evaluations per sample (1)")
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N samples of the split")
     p.add_argument("--batch-size", type=positive_int, default=256, help="samples per ODE solve (256)")
-    p.add_argument("--rtol", type=positive_float, default=1e-5, help="solver relative tolerance (1e-5)")
-    p.add_argument("--atol", type=positive_float, default=1e-5, help="solver absolute tolerance (1e-5)")
+    p.add_argument("--rtol", type=positive_float,
+                   help="solver relative tolerance (default: chosen with --atol from the error budget)")
+    p.add_argument("--atol", type=positive_float,
+                   help="solver absolute tolerance (default: chosen with --rtol from the error budget)")
+    p.add_argument("--error-budget", type=positive_float, default=0.1,
+                   help="without --rtol/--atol: the loosest tolerance whose solver bias of the mean, estimated by "
+                        "a paired pilot, stays below this fraction of the standard error (0.1)")
+    p.add_argument("--pilot-size", type=positive_int, default=32, help="images in the tolerance pilot (32)")
     p.add_argument("--eps", type=positive_float, default=1e-5, help="time the density refers to (1e-5)")
     p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate the EMA weights (default) or the raw weights")
@@ -40,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def evaluate(model, sde, ds, data, *, trace, n_probes, repeats, batch_size, rtol, atol, eps, seed, device,
-             progress):
+             progress, error_budget=0.1, pilot_size=32):
     """``(BPDResult, convention note)`` for quantized data (uniform dequantization on the data set's grid)
     or continuous data (the density itself; the offset is made zero and said so)."""
     import torch
@@ -49,7 +55,7 @@ def evaluate(model, sde, ds, data, *, trace, n_probes, repeats, batch_size, rtol
 
     gen = torch.Generator(device=device).manual_seed(seed)
     kw = dict(trace=trace, repeats=repeats, batch_size=batch_size, rtol=rtol, atol=atol, eps=eps,
-              generator=gen, device=device, progress=progress)
+              generator=gen, device=device, progress=progress, error_budget=error_budget, pilot_size=pilot_size)
     if n_probes is not None:
         kw["n_probes"] = n_probes
     if ds.quantized:
@@ -69,6 +75,10 @@ def evaluate(model, sde, ds, data, *, trace, n_probes, repeats, batch_size, rtol
 def run(args: argparse.Namespace) -> int:
     """Under ``torchrun`` the process group is set up here and ``evaluate_bpd`` shards the split
     across the ranks (each evaluates a contiguous block with its own random stream); rank 0 writes."""
+    if (args.rtol is None) != (args.atol is None):
+        raise UsageError("give both --rtol and --atol, or neither (then the tolerance comes from --error-budget)")
+    if args.pilot_size < 2:
+        raise UsageError("--pilot-size must be >= 2 (the pilot estimates a standard error)")
     if args.trace == "exact" and args.n_probes is not None:
         raise UsageError("--n-probes applies to the Hutchinson estimators (rademacher, gaussian); "
                          "--trace exact takes none")
@@ -87,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
             res, note = evaluate(model, model.sde, ds, data, trace=args.trace, n_probes=args.n_probes,
                                  repeats=args.repeats, batch_size=args.batch_size, rtol=args.rtol, atol=args.atol,
                                  eps=args.eps, seed=args.seed, device=device,
-                                 progress=not args.no_progress and d.rank == 0)
+                                 progress=not args.no_progress and d.rank == 0, error_budget=args.error_budget,
+                                 pilot_size=args.pilot_size)
         except ValueError as e:
             raise UsageError(str(e)) from None
         if d.rank == 0:

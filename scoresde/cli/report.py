@@ -134,7 +134,8 @@ def demo_report(s: dict, bpd, cfg, fig_name: str, quick: bool) -> str:
         "",
         f"- probability-flow ODE likelihood at eps = {c['eps']:g}, solver {c['backend']} with rtol = {c['rtol']:g}, "
         f"atol = {c['atol']:g}; divergence by the {c['trace']} Hutchinson estimator with {c['n_probes']} "
-        f"probe(s), {c['repeats']} repeat(s) per image",
+        f"probe(s), {c['repeats']} repeat(s) per image"
+        + (f"; {bpd.tolerance.describe()}" if bpd.tolerance is not None else ""),
         f"- {s['bpd_note']}; offset log2({c['n_levels']} / 2) = {c['offset_bits']:.4f} bits",
         "- the standard error is std(per-image bits/dim) / sqrt(N); it covers the images, the dequantization "
         "noise and the probes, not the training run",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 
@@ -81,6 +81,9 @@ class BPDResult:
         convention: everything the number depends on (eps, trace, n_probes, rtol, atol, backend,
             dequantize, n_levels, data_range, repeats, sde, ...).
         z: ``(repeats, N, *dims)`` latents at ``T`` when ``keep_latents=True``, else ``None``.
+        tolerance: the :class:`~scoresde.likelihood.budget.ToleranceChoice` when ``rtol``/``atol``
+            came from the error budget (the chosen tolerance, the pilot's bias estimate with its
+            standard error, the budget), ``None`` when they were given.
     """
 
     bpd: torch.Tensor
@@ -93,6 +96,7 @@ class BPDResult:
     n_failed: int
     convention: dict
     z: Optional[torch.Tensor] = None
+    tolerance: Optional[Any] = None
 
     @property
     def repeats(self) -> int:
@@ -110,7 +114,13 @@ class BPDResult:
 
     @property
     def mean_nfe(self) -> float:
+        """Score evaluations per sample and repeat of the evaluation itself (the pilot not included)."""
         return float(self.nfe.double().mean())
+
+    @property
+    def total_nfe(self) -> int:
+        """Every score evaluation the result cost: all samples and repeats, plus the tolerance pilot's."""
+        return int(self.nfe.sum()) + (self.tolerance.pilot_nfe if self.tolerance is not None else 0)
 
     def summary(self) -> str:
         """One line, e.g. ``3.412 ± 0.008 bits/dim (N=1797, repeats=3; eps=1e-05, rademacher x1,
@@ -126,8 +136,9 @@ class BPDResult:
         deq = ("uniform dequantization, " + grid if c["dequantize"] == "uniform"
                else "no dequantization (continuous density), offset of " + grid)
         failed = f"; {self.n_failed} failed evaluations excluded" if self.n_failed else ""
+        chosen = f", {self.tolerance.describe()}" if self.tolerance is not None else ""
         return (f"{self.mean:.{digits}f} ± {se:.{digits}f} bits/dim (N={self.n_samples}, repeats={self.repeats}; "
-                f"eps={_g(c['eps'])}, {trace}, {c['backend']} {tol}, {deq}{failed})")
+                f"eps={_g(c['eps'])}, {trace}, {c['backend']} {tol}{chosen}, {deq}{failed})")
 
     def __str__(self) -> str:
         return self.summary()
@@ -141,7 +152,8 @@ class BPDResult:
         c = dict(self.convention)
         c["data_range"] = list(c["data_range"])
         out = dict(mean=_json_float(self.mean), stderr=_json_float(self.stderr), n_samples=self.n_samples,
-                   repeats=self.repeats, n_failed=self.n_failed, mean_nfe=self.mean_nfe, convention=c,
+                   repeats=self.repeats, n_failed=self.n_failed, mean_nfe=self.mean_nfe, total_nfe=self.total_nfe,
+                   convention=c,
                    summary=self.summary())
         if per_sample:
             out["bpd"] = [[_json_float(v) for v in row] for row in self.bpd.tolist()]

@@ -17,9 +17,9 @@ With ``dequantize=None`` the data are evaluated as given (continuous data, e.g. 
 oracle) and the same formula is reported: a continuous density in bits per dimension, shifted by
 the same constant ``log2(n_levels / (hi - lo))`` so that tables stay comparable.
 
-With ``dequantize=None`` the data are evaluated as given (continuous data, e.g. samples of an
-oracle) and the same formula is reported: a continuous density in bits per dimension, shifted by
-the same constant ``log2(n_levels / (hi - lo))`` so that tables stay comparable.
+**Solver tolerance.** Unless ``rtol`` and ``atol`` are given, they are chosen from an error budget
+(:mod:`~scoresde.likelihood.budget`): the loosest tolerance whose solver bias of the reported mean,
+estimated by a paired pilot on a subset, stays below ``error_budget`` times its standard error.
 
 Reference: Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), "Score-Based Generative
 Modeling through Stochastic Differential Equations", ICLR.
@@ -41,6 +41,7 @@ from ..scorefn import ScoreFn
 from ..sde import SDE
 from .batches import Source
 from .bpd import BPDResult, bits_per_dim, summarise
+from .budget import ToleranceChoice, budget_tolerance
 from .flow import log_likelihood
 from .sharding import dist_context, gather_blocks, rank_generator, shard_bounds, unwrap_ddp
 
@@ -62,8 +63,10 @@ def evaluate_bpd(
     trace: str = "rademacher",
     n_probes: int = 1,
     eps: float = 1e-5,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    error_budget: float = 0.1,
+    pilot_size: int = 32,
     backend: str = "dopri5",
     generator: Optional[torch.Generator] = None,
     device=None,
@@ -92,8 +95,21 @@ def evaluate_bpd(
         n_levels, data_range: the quantization grid and the bits/dim offset
             ``log2(n_levels / (hi - lo))``.
         batch_size: samples per :func:`~scoresde.likelihood.log_likelihood` call.
-        trace, n_probes, eps, rtol, atol, backend, max_steps: passed to
+        trace, n_probes, eps, backend, max_steps: passed to
             :func:`~scoresde.likelihood.log_likelihood` (``eps`` default 1e-5, Song et al. 2021).
+        rtol, atol: the solver tolerances; give both, or neither: then ``rtol = atol`` is chosen
+            from the error budget (:func:`~scoresde.likelihood.budget.choose_tolerance`, stated in
+            ``BPDResult.tolerance`` and the convention).
+        error_budget: the solver's bias of the mean may be at most this fraction of its standard
+            error (0.1), judged by its pilot estimate plus two of the estimate's standard errors.
+        pilot_size: images of the paired pilot (32), spread evenly over the data; they are
+            evaluated at the reference tolerance 1e-5 and at the candidates 1e-2, 3e-3, 1e-3, 3e-4,
+            1e-4 from the loosest until one fits (none: 1e-5), with the same dequantization noise
+            and probes. Its
+            evaluations count in ``BPDResult.total_nfe``. The pilot draws from its own stream,
+            seeded from ``generator``'s state without advancing it (seed 0 when ``None``), so the
+            main evaluation is the one an explicit ``rtol = atol`` at the chosen value gives.
+            An iterable ``data`` is first read into CPU memory (the pilot's rows span the set).
         generator: a ``torch.Generator`` on the evaluation device. Single process: it is used
             directly and advanced in this order: for each batch in data order, for each repeat, the
             dequantization noise (``torch.rand`` shaped like the batch), then the probes drawn by
@@ -118,6 +134,8 @@ def evaluate_bpd(
     seed); with ``trace="exact"`` and ``dequantize=None`` they do not. An error on any rank is
     raised on every rank after the gather (no rank is left waiting).
 
+    With a process group, rank 0 runs the pilot and sends the choice to every rank.
+
     Returns:
         :class:`BPDResult` with per-sample ``(repeats, N)`` tensors on the CPU and the summary.
         Failed evaluations (``status != 0``) are excluded from the mean with a warning.
@@ -141,19 +159,28 @@ def evaluate_bpd(
         if source.size == 0:
             raise ValueError("data is empty: nothing to evaluate")
         _check_batch(source.tensor, dequantize, n_levels, data_range, "data")
-    elif is_dist and source.size is None:
-        source.materialise()
+    elif (is_dist and source.size is None) or (rtol is None and atol is None):
+        source.materialise()  # the pilot picks rows across the whole set
         _check_batch(source.tensor, dequantize, n_levels, data_range, "data")
 
+    lik_kw = dict(trace=trace, n_probes=n_probes, eps=eps, backend=backend, max_steps=max_steps, progress=False)
+    choice = None
+    if rtol is None and atol is None:
+        choice = budget_tolerance(score_fn, sde, source, device, generator, lik_kw, error_budget=error_budget,
+                                  pilot_size=pilot_size, dequantize=dequantize, n_levels=n_levels,
+                                  data_range=(lo, hi), is_dist=is_dist, rank=rank, progress=progress)
+        rtol = atol = choice.tol
+    elif rtol is None or atol is None:
+        raise ValueError("give both rtol and atol, or neither (then the tolerance is chosen from error_budget)")
     convention = dict(eps=eps, trace=trace, n_probes=n_probes, rtol=rtol, atol=atol,
                       backend=backend, dequantize=dequantize, n_levels=n_levels, data_range=(lo, hi),
                       repeats=repeats, max_steps=max_steps, offset_bits=math.log2(n_levels / (hi - lo)),
-                      sde=repr(sde), world_size=world)
+                      sde=repr(sde), world_size=world,
+                      tolerance=choice.to_dict() if choice is not None else dict(mode="given"))
     plan = _Plan(score_fn=score_fn, sde=sde, device=device, batch_size=batch_size, repeats=repeats,
                  dequantize=dequantize, n_levels=n_levels, lo=lo, hi=hi, keep_latents=keep_latents,
                  progress=progress and rank == 0, convention=convention,
-                 likelihood_kw=dict(trace=trace, n_probes=n_probes, eps=eps, rtol=rtol, atol=atol, backend=backend,
-                                    max_steps=max_steps, progress=False))
+                 likelihood_kw=dict(lik_kw, rtol=rtol, atol=atol), tolerance=choice)
     if is_dist:
         start, stop = shard_bounds(source.size, rank, world)
         gen = rank_generator(generator, device, rank)
@@ -183,6 +210,7 @@ class _Plan:
     progress: bool
     convention: dict
     likelihood_kw: dict
+    tolerance: Optional[ToleranceChoice] = None
 
 
 def _evaluate_batch(plan: _Plan, xb: torch.Tensor, gen: Optional[torch.Generator], bar, running: list) -> dict:
@@ -260,7 +288,7 @@ def _assemble(plan: _Plan, parts: list, size: Optional[int], rank: int) -> BPDRe
                       f"excluded from the mean; see BPDResult.status (loosen rtol/atol or raise max_steps)",
                       stacklevel=3)
     return BPDResult(bpd=bpd, logp=logp, nfe=nfe, status=status, mean=mean, stderr=stderr, n_samples=n,
-                     n_failed=n_failed, convention=plan.convention, z=z)
+                     n_failed=n_failed, convention=plan.convention, z=z, tolerance=plan.tolerance)
 
 
 def _resolve_device(device, score_fn, generator, source: Source) -> torch.device:
