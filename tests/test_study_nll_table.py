@@ -2,9 +2,13 @@
 
 What is checked: every model x estimator row and both baselines are there with a positive standard
 error; the rows are consistent with their definitions (the exact-trace row is its own subset row,
-N and repeats as asked); the oracle rows match the analytic log-density within the error budget
-derived from the solver tolerance; a run loaded with --checkpoints gives the same numbers as the
-run that trained it; and --replot rebuilds the table from the CSV alone.
+N and repeats as asked); the variational bounds sit beside the ODE rows on the same images (the
+continuous bound at least the ODE's bits/dim within the paired standard error, the DDPM bound for
+the VP model only, as a bound on the discrete data); the oracle rows match the analytic log-density
+within the error budget derived from the solver tolerance, and their continuous bound is the
+analytic value plus its expected prior mismatch within its standard error; a run loaded with
+--checkpoints gives the same numbers as the run that trained it; and --replot rebuilds the table
+from the CSV alone.
 """
 import math
 
@@ -49,6 +53,31 @@ def test_every_model_and_estimator_row_is_there_with_a_standard_error(quick_run)
         assert max(nfe) < 1.5 * min(nfe)
 
 
+def test_bounds_sit_beside_the_ode_rows(quick_run):
+    mod, out, paths, rows = quick_run
+    plan = mod.PLANS["quick"]
+    bounds = {(r["model"], r["estimator"]): r for r in rows if r["kind"] == "bound"}
+    assert sorted(bounds) == sorted([(m, mod.BOUND_LABEL["continuous"]) for m in mod.MODELS]
+                                    + [("vp", mod.BOUND_LABEL["ddpm"])])
+    ode = {r["model"]: r for r in rows if r["kind"] == "model" and r["estimator"] == f"rademacher x{plan['n_probes']}"}
+    for (m, est), r in bounds.items():
+        assert r["n"] == plan["n_test"] == ode[m]["n"] and r["repeats"] == plan["bound_repeats"]
+        assert r["n_failed"] == 0 and math.isfinite(r["mean"]) and r["stderr"] > 0 and r["vs_ode_stderr"] > 0
+        assert r["train_steps"] == plan["train"]["steps"] and f"'rademacher x{plan['n_probes']}'" in r["info"]
+        # paired on the same images: the mean difference is the difference of the means
+        assert r["vs_ode"] == pytest.approx(r["mean"] - ode[m]["mean"], abs=1e-9)
+        if est == mod.BOUND_LABEL["continuous"]:
+            # same dequantization and offset as the ODE: an upper bound on the SDE model's NLL, which
+            # for these models is not below the ODE's beyond the paired standard error
+            assert r["vs_ode"] > -3 * r["vs_ode_stderr"], (m, r["vs_ode"], r["vs_ode_stderr"])
+            assert r["nfe_mean"] == 2 * plan["bound_times"] and r["eps"] == mod.EPS
+        else:
+            # a bound on the discrete data (no offset): above 0, and above the ODE's here by about the
+            # log2(w / sqrt(2 pi e beta_0)) = 1.5 bits/dim a chain started at the cell centre loses on these
+            # wide cells (w = 2/17; beta_0 = 1e-4)
+            assert r["mean"] > 0 and r["vs_ode"] > 1.0 and r["nfe_mean"] == 1000 and r["eps"] is None
+
+
 def test_baselines_are_exact_densities_on_the_same_images(quick_run):
     mod, out, paths, rows = quick_run
     plan = mod.PLANS["quick"]
@@ -77,6 +106,11 @@ def test_oracle_rows_match_the_analytic_density_within_the_solver_budget(quick_r
         # The prior-mismatch correction matters at this accuracy: without it the pipeline would be off
         # by more than its error.
         assert r["prior_mismatch"] > r["difference"]
+        # The continuous bound of the exact score: at least the analytic -log p_eps, and equal to it plus
+        # its own expected prior mismatch (the gap of Theorem 3 for a true score), within 3 SE.
+        assert 0 < r["bound_stderr"] < 0.1
+        assert r["bound"] > r["analytic"] - 3 * r["bound_stderr"], (name, r["bound"], r["analytic"])
+        assert abs(r["bound"] - r["analytic"] - r["bound_mismatch"]) < 3 * r["bound_stderr"]
 
 
 def test_outputs_replot_and_no_temporary_files(quick_run, tmp_path):
@@ -87,6 +121,9 @@ def test_outputs_replot_and_no_temporary_files(quick_run, tmp_path):
     assert "| model | estimator | N | repeats | bits/dim | median | outliers | NFE | wall [s] |" in md
     assert "| SDE | computed | analytic | max abs difference | error budget |" in md
     assert md.count("score model |") == 9
+    assert ("| model | ODE (rademacher x4) | continuous bound | bound − ODE | DDPM bound L_VB | DDPM − ODE |"
+            in md)
+    assert "| continuous bound | bound − analytic | expected prior mismatch of the bound |" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = mod.main(["--replot", str(paths["csv"]), "--out", str(tmp_path), "--tag", "x"])
     assert again["md"].read_text() == md
@@ -100,8 +137,9 @@ def test_a_checkpoint_evaluates_to_the_same_numbers_as_the_run_that_trained_it(q
     again = mod.main(["--quick", "--checkpoints", f"ve={out / 'runs' / 've'}", "--parts", "models",
                       "--out", str(tmp_path), "--no-progress"])
     new = mod.read_rows(again["csv"])
-    assert {r["model"] for r in new} == {"ve"} and {r["kind"] for r in new} == {"model"}
-    old = {r["estimator"]: r for r in rows if r["kind"] == "model" and r["model"] == "ve"}
+    assert {r["model"] for r in new} == {"ve"} and {r["kind"] for r in new} == {"model", "bound"}
+    old = {r["estimator"]: r for r in rows if r["kind"] in ("model", "bound") and r["model"] == "ve"}
+    assert set(old) == {r["estimator"] for r in new}
     for r in new:
         o = old[r["estimator"]]
         for k in ("mean", "stderr", "median", "nfe_mean", "train_steps", "train_loss"):
