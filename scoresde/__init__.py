@@ -5,7 +5,8 @@ The public API is re-exported here by name; nothing else is public.
 from .data import DATASETS, Dataset, dequantize, iterate_batches, load_cifar10, load_dataset, load_digits, load_mnist, load_toy
 from .discrete import DDPMSchedule, SMLDSchedule
 from .io import atomic_write, atomic_write_with
-from .likelihood import BPDResult, LikelihoodResult, bits_per_dim, evaluate_bpd, log_likelihood
+from .likelihood import (BoundEvaluation, BoundResult, BPDResult, LikelihoodResult, bits_per_dim, ddpm_bound,
+                         evaluate_bounds, evaluate_bpd, log_likelihood, ToleranceChoice, variational_bound)
 from .losses import dsm_loss, importance_density, loss_weight, sample_importance_time
 from .metrics import (
     DigitsClassifier,
@@ -57,6 +58,7 @@ __all__ = [
     "sample", "SampleResult", "SAMPLERS", "Sampler", "GRIDS", "time_grid", "PREDICTORS", "CORRECTORS",
     # likelihood
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "evaluate_bpd", "BPDResult",
+    "ToleranceChoice", "variational_bound", "ddpm_bound", "evaluate_bounds", "BoundResult", "BoundEvaluation",
     # ODE solvers
     "solve_ode", "ODEResult", "SolverStatus", "available_methods", "METHODS", "StepSizeController", "ButcherTableau",
     # score models, networks and training losses

@@ -364,6 +364,184 @@ def run(args) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Equal total error: the wall time to a test-set number as good as the original code's
+# ---------------------------------------------------------------------------------------------
+#: tolerances tried for torchdiffeq's dopri5, loosest first (the first of equal total error is timed)
+TDQ_TOLS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)
+#: "equal total error": sqrt(SE^2 + bias^2) within this factor of the original's
+EQUAL_ERROR = 1.01
+EE_TARGET = {"cpu": 5.0, "cuda": 10.0}
+EE_FIELDS = ["method", "tol", "wall_s", "nfe_per_image", "pilot_nfe_per_image", "bpd_mean", "stderr", "bias",
+             "bias_stderr", "total_error", "total_vs_original", "equal_error", "speedup_vs_original", "n_images",
+             "batch", "reference_tol", "model", "device", "torch", "date", "load"]
+
+
+def digits_model(args, device):
+    """The digits score model of the demo's CPU recipe (U-Net, v, likelihood weighting, importance t),
+    trained here for ``--digits-steps`` steps or loaded from ``--digits-checkpoint``; a small MLP
+    with ``--quick``. Returns ``(model, description)``."""
+    from scoresde import TrainConfig, load_digits, load_model, train
+
+    if args.digits_checkpoint is not None:
+        model, cfg, _ = load_model(args.digits_checkpoint, device=device)
+        return model.eval(), f"{cfg.net} from {args.digits_checkpoint} ({cfg.steps} steps)"
+    net = dict(net="mlp", hidden=64, depth=2) if args.quick else dict(
+        net="unet", channels=32, channel_mults=(1, 2), num_res_blocks=1)
+    cfg = TrainConfig(dataset="digits", sde="vp", **net, weighting="likelihood", time_sampler="importance",
+                      steps=args.digits_steps, batch_size=128, lr=1e-3, warmup=min(100, args.digits_steps),
+                      ema_decay=0.995, seed=args.seed, checkpoint_every=args.digits_steps,
+                      out_dir=str(args.out / f"bench_likelihood_{args.tag}_digits_run"), device=str(device))
+    res = train(cfg, dataset=load_digits(), progress=True)
+    return res.ema_model.to(device).eval(), (f"VP {cfg.net} ({'MLP 64x2' if args.quick else '32 ch, mults 1,2'}), "
+                                             f"v, likelihood weighting, {cfg.steps} steps, EMA (the demo's recipe)")
+
+
+def _original_bpd(score_fn, sde, x, args, gen, n_levels, data_range):
+    """The original loop over batches of ``--ee-batch`` (one generator, so its probes are the ones
+    evaluate_bpd draws batch after batch): per-image bits/dim and NFE."""
+    from scoresde import bits_per_dim
+
+    bpd, nfe = [], []
+    for i in range(0, x.shape[0], args.ee_batch):
+        xb = x[i:i + args.ee_batch]
+        r = original_likelihood(score_fn, sde, xb, rtol=1e-5, atol=1e-5, eps=1e-5, generator=gen)
+        bpd.append(bits_per_dim(r.logp, xb[0].numel(), n_levels=n_levels, data_range=data_range))
+        nfe.append(r.nfe.double())
+    return torch.cat(bpd), torch.cat(nfe)
+
+
+def _stats(bpd: torch.Tensor, ref: torch.Tensor) -> dict:
+    n = bpd.numel()
+    d = bpd - ref
+    se = float(bpd.std()) / math.sqrt(n)
+    bias, bias_se = float(d.mean()), float(d.std()) / math.sqrt(n)
+    return dict(bpd_mean=float(bpd.mean()), stderr=se, bias=bias, bias_stderr=bias_se,
+                total_error=math.sqrt(se ** 2 + bias ** 2))
+
+
+def equal_error(args, device: torch.device, bar=None) -> list[dict]:
+    """Rows of the equal-error benchmark (see docs/performance.md): the digits test images
+    dequantized once; every method on the same images, noise and probes; bias against our dopri5 at
+    ``--ee-ref-tol``; total error ``sqrt(SE^2 + bias^2)``."""
+    from scoresde import evaluate_bpd, load_digits
+    from scoresde.quantize import dequantize
+
+    model, desc = digits_model(args, device)
+    score, sde = model.score_fn, model.sde
+    ds = load_digits()
+    n_levels, data_range = ds.n_levels, ds.data_range
+    test = ds.test[:args.ee_images].to(device)
+    x = dequantize(test, n_levels, data_range, torch.Generator(device=device).manual_seed(args.seed))
+    kw = dict(dequantize=None, n_levels=n_levels, data_range=data_range, batch_size=args.ee_batch, progress=False)
+
+    def gen():
+        return torch.Generator(device=device).manual_seed(args.seed + 1)
+
+    def ours(**opts):
+        return timed(lambda: evaluate_bpd(score, sde, x, generator=gen(), **kw, **opts), device)
+
+    ref, _ = ours(rtol=args.ee_ref_tol, atol=args.ee_ref_tol)
+    ref_bpd = ref.bpd[0]
+    runs = []  # (method, tol, wall, bpd, nfe per image, pilot nfe per image)
+    (orig_bpd, orig_nfe), wall = timed(lambda: _original_bpd(score, sde, x, args, gen(), n_levels, data_range), device)
+    runs.append(("original (scipy RK45, 2 forwards, host round trip)", 1e-5, wall, orig_bpd, float(orig_nfe.mean()), 0.0))
+    base_total = _stats(orig_bpd, ref_bpd)["total_error"]
+    res, wall = ours()
+    tol = res.tolerance
+    runs.append(("ours: dopri5, tolerance from the error budget", tol.tol, wall, res.bpd[0], res.total_nfe / res.n_samples,
+                 tol.pilot_nfe / res.n_samples))
+    res, wall = ours(rtol=1e-5, atol=1e-5)
+    runs.append(("ours: dopri5 at the original's 1e-5", 1e-5, wall, res.bpd[0], res.mean_nfe, 0.0))
+    for t in TDQ_TOLS:  # the loosest torchdiffeq tolerance of equal total error (the search is not timed)
+        res, wall = ours(rtol=t, atol=t, backend="torchdiffeq_dopri5")
+        if _stats(res.bpd[0], ref_bpd)["total_error"] <= EQUAL_ERROR * base_total or t == TDQ_TOLS[-1]:
+            runs.append(("torchdiffeq dopri5 (one step size per batch)", t, wall, res.bpd[0], res.mean_nfe, 0.0))
+            break
+    stamp = dict(environment(device), load=load_average())
+    rows = []
+    for method, t, wall, bpd, nfe, pilot in runs:
+        st = _stats(bpd, ref_bpd)
+        rows.append(dict(method=method, tol=t, wall_s=wall, nfe_per_image=nfe, pilot_nfe_per_image=pilot, **st,
+                         total_vs_original=st["total_error"] / base_total,
+                         equal_error=int(st["total_error"] <= EQUAL_ERROR * base_total),
+                         speedup_vs_original=runs[0][2] / wall, n_images=x.shape[0], batch=args.ee_batch,
+                         reference_tol=args.ee_ref_tol, model=desc, **stamp))
+    return rows
+
+
+def check_equal_error(rows: list[dict], device_type: str) -> list[tuple[str, bool, str]]:
+    """``(target, met, detail)``: ours with the budget at equal total error, and its speed-up."""
+    by = {r["method"].split(":")[0]: r for r in rows}
+    ours = next(r for r in rows if "error budget" in r["method"])
+    need = EE_TARGET.get(device_type, EE_TARGET["cpu"])
+    return [("ours with the budget: total error within 1% of the original's", bool(int(ours["equal_error"])),
+             f"{float(ours['total_vs_original']):.4f}x"),
+            (f"ours with the budget >= {need:g}x less wall time than the original", float(ours["speedup_vs_original"]) >= need,
+             f"{float(ours['speedup_vs_original']):.2f}x")] if by else []
+
+
+def ee_markdown(rows: list[dict], targets) -> str:
+    r0 = rows[0]
+    lines = [f"## Equal total error: wall time to a test-set number as good as the original code's", "",
+             f"{r0['model']}; {r0['n_images']} digits test images dequantized once (17 levels on [-1, 1]), one "
+             f"Rademacher probe, the same images, noise and probes for every method, batches of {r0['batch']}; "
+             f"{r0['device']}, torch {r0['torch']}, {r0['date']} (load {r0['load']}). Bias: mean bits/dim minus "
+             f"that of our dopri5 at rtol = atol = {float(r0['reference_tol']):g}, with its standard error; "
+             f"total error = sqrt(SE^2 + bias^2); equal error: within {EQUAL_ERROR:g}x of the original's. NFE per "
+             "image includes the tolerance pilot where there is one (its share in brackets); torchdiffeq runs at "
+             "the loosest of its tolerances with equal total error (the search for it is not timed).", "",
+             *md_table(["method", "rtol = atol", "wall [s]", "NFE per image", "bits/dim", "SE", "bias ± SE",
+                        "total error", "vs original", "speed-up"])]
+    for r in rows:
+        pilot = float(r["pilot_nfe_per_image"])
+        nfe = f"{float(r['nfe_per_image']):.0f}" + (f" ({pilot:.0f})" if pilot > 0 else "")
+        lines.append(md_row([r["method"], f"{float(r['tol']):g}", f"{float(r['wall_s']):.1f}", nfe,
+                             f"{float(r['bpd_mean']):.4f}", f"{float(r['stderr']):.4f}",
+                             f"{float(r['bias']):+.5f} ± {float(r['bias_stderr']):.5f}",
+                             f"{float(r['total_error']):.5f}", f"{float(r['total_vs_original']):.4f}x",
+                             f"{float(r['speedup_vs_original']):.2f}x"]))
+    lines += ["", "Targets:", ""] + [f"- {name}: **{'met' if met else 'MISSED'}** ({detail})"
+                                     for name, met, detail in targets]
+    return "\n".join(lines + [""])
+
+
+def ee_figure(rows: list[dict]):
+    """Wall time per method (bars) and total error against wall time."""
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    names = [r["method"].split(" (")[0] for r in rows]
+    colors = ["tab:red" if r["method"].startswith("original") else
+              "tab:green" if "error budget" in r["method"] else "tab:blue" for r in rows]
+    a.barh(range(len(rows)), [float(r["wall_s"]) for r in rows], color=colors)
+    a.set_yticks(range(len(rows)), [f"{n}\nrtol={float(r['tol']):g}" for n, r in zip(names, rows)], fontsize=7)
+    a.set_xlabel("wall time [s] for the test-set number")
+    a.set_title("wall time (green: ours with the budget, red: original)", fontsize=9)
+    a.invert_yaxis()
+    for r, n, c in zip(rows, names, colors):
+        b.scatter(float(r["wall_s"]), float(r["total_error"]), color=c, s=30, label=f"{n} ({float(r['tol']):g})")
+    base = float(rows[0]["total_error"])
+    b.axhline(base * EQUAL_ERROR, color="k", ls="--", lw=1, label=f"{EQUAL_ERROR:g} x the original's total error")
+    b.set_xscale("log")
+    b.set_xlabel("wall time [s]")
+    b.set_ylabel("total error sqrt(SE^2 + bias^2) [bits/dim]")
+    b.set_title("total error vs wall time", fontsize=9)
+    b.legend(fontsize=7)
+    fig.suptitle(f"Likelihood at equal total error — {rows[0]['device']}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_ee_outputs(rows: list[dict], out: Path, tag: str) -> dict[str, Path]:
+    stem = f"bench_likelihood_{tag}_equal_error"
+    paths = {f"ee_{k}": out / f"{stem}.{k}" for k in ("csv", "md", "png")}
+    atomic_write(paths["ee_csv"], csv_bytes(rows, EE_FIELDS))
+    device_type = "cpu" if rows[0]["device"].startswith("cpu") else "cuda"
+    atomic_write(paths["ee_md"], ee_markdown(rows, check_equal_error(rows, device_type)).encode())
+    write_png(paths["ee_png"], ee_figure(rows), dpi=100)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
 # Targets, outputs
 # ---------------------------------------------------------------------------------------------
 def check_targets(rows: list[dict], device_type: str) -> list[tuple[str, str, bool, str]]:
@@ -553,6 +731,16 @@ def parse(argv=None):
     p.add_argument("--tag", default=None, help="file name tag (default: cpu or cuda)")
     p.add_argument("--replot", type=Path, default=None, metavar="CSV",
                    help="rewrite the table and figure from a CSV of an earlier run (no benchmarking)")
+    p.add_argument("--part", choices=("all", "backends", "equal-error"), default="all",
+                   help="the back-end benchmark, the equal-error benchmark, or both (default)")
+    p.add_argument("--digits-checkpoint", type=Path, default=None,
+                   help="equal-error part: a digits checkpoint (default: train the demo's recipe here)")
+    p.add_argument("--digits-steps", type=int, default=None,
+                   help="equal-error part: training steps of the digits model (default 1600; 30 quick)")
+    p.add_argument("--ee-images", type=int, default=None, help="equal-error part: test images (default 359; 24 quick)")
+    p.add_argument("--ee-batch", type=int, default=128, help="equal-error part: images per ODE solve (128)")
+    p.add_argument("--ee-ref-tol", type=float, default=None,
+                   help="equal-error part: tolerance of the reference the bias is measured against (1e-6)")
     args = p.parse_args(argv)
     require_device(p, args.device)
     q = args.quick
@@ -581,6 +769,13 @@ def parse(argv=None):
     args.ref_batch = min(args.ref_batch, args.batch)
     # forward+VJP timing per repeat: blocks x block back-to-back calls
     args.fvjp_block, args.fvjp_blocks = (5, 3) if q else (20, 5)
+    args.digits_steps = (30 if q else 1600) if args.digits_steps is None else args.digits_steps
+    args.ee_images = (24 if q else 359) if args.ee_images is None else args.ee_images
+    args.ee_ref_tol = 1e-6 if args.ee_ref_tol is None else args.ee_ref_tol
+    if args.digits_steps < 1 or args.ee_images < 2 or args.ee_batch < 1 or not 0 < args.ee_ref_tol < 1e-5:
+        p.error("--digits-steps and --ee-batch must be >= 1, --ee-images >= 2, 0 < --ee-ref-tol < 1e-5")
+    if args.digits_checkpoint is not None and not args.digits_checkpoint.exists():
+        p.error(f"--digits-checkpoint {args.digits_checkpoint} does not exist")
     args.tag = args.tag or torch.device(args.device).type
     return args
 
@@ -600,13 +795,24 @@ def report(rows, paths, device_type: str) -> None:
 
 def main(argv=None) -> dict[str, Path]:
     args = parse(argv)
+    paths = {}
     if args.replot is not None:
         rows = read_rows(args.replot)
-    else:
-        warm_up(torch.device(args.device))
+        paths.update(write_outputs(rows, args.out, args.tag))
+        report(rows, paths, "cpu" if rows[0]["device"].startswith("cpu") else "cuda")
+        return paths
+    device = torch.device(args.device)
+    warm_up(device)
+    if args.part in ("all", "backends"):
         rows = run(args)
-    paths = write_outputs(rows, args.out, args.tag)
-    report(rows, paths, "cpu" if rows[0]["device"].startswith("cpu") else "cuda")
+        paths.update(write_outputs(rows, args.out, args.tag))
+        report(rows, paths, device.type)
+    if args.part in ("all", "equal-error"):
+        ee = equal_error(args, device)
+        paths.update(write_ee_outputs(ee, args.out, args.tag))
+        for name, met, detail in check_equal_error(ee, device.type):
+            print(f"target [equal error] {name}: {'met' if met else 'MISSED'} ({detail})")
+        print(f"wrote {paths['ee_md']}")
     return paths
 
 

@@ -51,7 +51,7 @@ GROUP_DOCS = {
     "SDEs and discrete chains": ["sde.md"],
     "oracles and toy data": ["sde.md", "recipes/property-testing.md"],
     "sampling": ["sampling.md"],
-    "likelihood": ["likelihood.md"],
+    "likelihood": ["likelihood.md", "bounds.md"],
     "ODE solvers": ["solvers.md"],
     "score models, networks and training losses": ["training.md"],
     "training": ["training.md", "cli.md"],

@@ -87,9 +87,40 @@ def test_outputs_and_replot(quick_run, tmp_path):
     assert not list(tmp_path.glob("*.csv.*")) and not list(tmp_path.glob("*.md.*"))  # no temp files left
 
 
+def test_equal_error_rows_follow_their_definitions(quick_run):
+    """The equal-error part: every method on the same images, noise and probes; its statistics are
+    the ones the table says (total error, ratios); the methods of equal accuracy agree with the
+    reference within their error; speed is not asserted."""
+    import math
+
+    mod, paths, _ = quick_run
+    rows = list(csv.DictReader(open(paths["ee_csv"])))
+    methods = [r["method"] for r in rows]
+    assert methods[0].startswith("original") and any("error budget" in m for m in methods)
+    assert any(m.startswith("torchdiffeq") for m in methods) and any("1e-5" in m for m in methods)
+    base = rows[0]
+    for r in rows:
+        se, bias = float(r["stderr"]), float(r["bias"])
+        assert float(r["total_error"]) == pytest.approx(math.sqrt(se ** 2 + bias ** 2), rel=1e-9)
+        assert float(r["total_vs_original"]) == pytest.approx(float(r["total_error"]) / float(base["total_error"]))
+        assert float(r["speedup_vs_original"]) == pytest.approx(float(base["wall_s"]) / float(r["wall_s"]))
+        assert int(r["equal_error"]) == (float(r["total_vs_original"]) <= mod.EQUAL_ERROR)
+        # against the 1e-6 reference of the same ODE, the solvers' bias is a few of its standard
+        # errors at most (plus the tolerance's own error); the MC error is far larger
+        assert abs(bias) <= 5 * float(r["bias_stderr"]) + 10 * float(r["tol"])
+        assert se > 0 and int(r["n_images"]) == 24
+    budget = next(r for r in rows if "error budget" in r["method"])
+    assert float(budget["nfe_per_image"]) > float(budget["pilot_nfe_per_image"]) > 0
+    assert int(budget["equal_error"]) == 1  # the budget keeps the total error where the original's is
+    md = paths["ee_md"].read_text()
+    assert "## Equal total error" in md and "Targets:" in md
+    assert paths["ee_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_bad_arguments_are_clear_errors(capsys):
     for argv, msg in ((["--fields", "unet"], "--fields takes"), (["--mem-steps", "a,b"], "--mem-steps must"),
-                      (["--batch", "0"], "--batch"), (["--rtol", "-1"], "--rtol must")):
+                      (["--batch", "0"], "--batch"), (["--rtol", "-1"], "--rtol must"),
+                      (["--ee-images", "1"], "--ee-images"), (["--ee-ref-tol", "1e-3"], "--ee-ref-tol")):
         with pytest.raises(SystemExit):
             mod.parse(argv)
         assert msg in capsys.readouterr().err
