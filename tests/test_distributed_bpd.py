@@ -59,13 +59,14 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         xq = grid_values(torch.cat([u, u, u[:1]]), 64)
         res = evaluate_bpd(mix.score_fn(sde), sde, xq, n_levels=64, batch_size=4, progress=False,
                            generator=torch.Generator().manual_seed(123))
-        out["random"] = dict(bpd=res.bpd, data=xq)
+        out["random"] = dict(bpd=res.bpd, data=xq, tol=res.convention["rtol"], pilot=res.tolerance.to_dict())
         # an error on rank 1 only (its rows are off the grid) must surface on both ranks
         bad = xq.clone()
         bad[10] += 0.001
         try:
+            # explicit tolerances: no pilot, so each rank reads (and checks) only its own rows
             evaluate_bpd(mix.score_fn(sde), sde, DataLoader(TensorDataset(bad), batch_size=5), n_levels=64,
-                         trace="exact", progress=False)
+                         trace="exact", progress=False, rtol=1e-5, atol=1e-5)
             out["error"] = None
         except Exception as err:  # noqa: BLE001 - recorded for the parent
             out["error"] = f"{type(err).__name__}: {err}"
@@ -98,8 +99,14 @@ def test_two_ranks_match_one_process(tmp_path):
         assert torch.equal(got["nfe"], single.nfe) and torch.equal(got["status"], single.status)
         assert abs(got["mean"] - single.mean) < 1e-9 and abs(got["stderr"] - single.stderr) < 1e-9
 
-    # every rank returns the same gathered result
+    # every rank returns the same gathered result, with rank 0's tolerance pilot, which is the one a
+    # single process runs on the same data and seed
     assert torch.equal(outs[0]["random"]["bpd"], outs[1]["random"]["bpd"])
+    assert outs[0]["random"]["pilot"] == outs[1]["random"]["pilot"]
+    alone = evaluate_bpd(mix.score_fn(sde), sde, outs[0]["random"]["data"], n_levels=64, batch_size=4,
+                         progress=False, generator=torch.Generator().manual_seed(123), distributed=False)
+    assert alone.tolerance.to_dict() == outs[0]["random"]["pilot"]
+    tol = outs[0]["random"]["tol"]
     bpd = outs[0]["random"]["bpd"][0]
     assert (bpd[:6] != bpd[6:12]).all(), "the two ranks used the same random stream"
     # the documented rule: rank r uses Generator().manual_seed(base + r), base = randint(2^62) from the given one
@@ -107,7 +114,7 @@ def test_two_ranks_match_one_process(tmp_path):
     xq = outs[0]["random"]["data"]
     for r, (a, b) in enumerate([(0, 6), (6, 13)]):
         block = evaluate_bpd(mix.score_fn(sde), sde, xq[a:b], n_levels=64, batch_size=4, progress=False,
-                             generator=torch.Generator().manual_seed(base + r), distributed=False)
+                             generator=torch.Generator().manual_seed(base + r), distributed=False, rtol=tol, atol=tol)
         torch.testing.assert_close(block.bpd[0], bpd[a:b], rtol=0, atol=1e-9)
 
     assert outs[1]["error"].startswith("ValueError") and "not on the quantization grid" in outs[1]["error"]
