@@ -28,9 +28,8 @@ class ODESampler(Sampler):
     the max-steps status (``max_steps`` is set to the number of whole steps the budget pays for).
     Randomness enters only through ``x_T``. NFE is per sample for the per-sample solver. The
     callback is called once per batched evaluation with ``t`` a ``(B,)`` tensor (each sample of the
-    per-sample solver has its own time), ``x0_hat`` None, and ``rows``: None when ``x`` and ``t``
-    hold the whole batch, else the indices of the rows they hold (the per-sample solver evaluates
-    only the samples still running).
+    per-sample solver has its own time; a finished sample, no longer evaluated, keeps its last
+    ``t`` and ``x``) and ``x0_hat`` None.
     """
 
     name = "ode"
@@ -76,11 +75,16 @@ class ODESampler(Sampler):
         rsde = sde.reverse(score, probability_flow=True)
         evals = [0]
 
+        last = {}  # the whole batch as the callback sees it: finished samples keep their last state
+
         def field(t, x, rows=None):
             drift = rsde.sde_unchecked(x, t)[0]
             if callback is not None:  # the solver reuses its stage buffers: hand out copies
-                callback(dict(i=evals[0], t=t.clone(), x=x.clone(), x0_hat=None,
-                              rows=None if rows is None else rows.clone()))
+                if rows is None:
+                    last["t"], last["x"] = t.clone(), x.clone()
+                else:  # the per-sample solver evaluates only the samples still running
+                    last["t"][rows], last["x"][rows] = t, x
+                callback(dict(i=evals[0], t=last["t"].clone(), x=last["x"].clone(), x0_hat=None))
             evals[0] += 1
             return drift
 
