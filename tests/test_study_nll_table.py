@@ -2,9 +2,8 @@
 
 What is checked: every model x estimator row and both baselines are there with a positive standard
 error; the rows are consistent with their definitions (the exact-trace row is its own subset row,
-N and repeats as asked); the variational bounds sit beside the ODE rows on the same images (the
-continuous bound at least the ODE's bits/dim within the paired standard error, the DDPM bound for
-the VP model only, as a bound on the discrete data); the oracle rows match the analytic log-density
+N and repeats as asked); the variational bounds sit beside the ODE rows on the same images (paired
+with them; the DDPM bound for the VP model only, as a bound on the discrete data); the oracle rows match the analytic log-density
 within the error budget derived from the solver tolerance, and their continuous bound is the
 analytic value plus its expected prior mismatch within its standard error; a run loaded with
 --checkpoints gives the same numbers as the run that trained it; and --replot rebuilds the table
@@ -68,8 +67,8 @@ def test_bounds_sit_beside_the_ode_rows(quick_run):
         assert r["vs_ode"] == pytest.approx(r["mean"] - ode[m]["mean"], abs=1e-9)
         if est == mod.BOUND_LABEL["continuous"]:
             # same dequantization and offset as the ODE: an upper bound on the SDE model's NLL, which
-            # for these models is not below the ODE's beyond the paired standard error
-            assert r["vs_ode"] > -3 * r["vs_ode_stderr"], (m, r["vs_ode"], r["vs_ode_stderr"])
+            # nothing orders against the ODE model's (on the trained models of the full run it is 0.1
+            # bits/dim below it); the bound itself is checked against truth on the oracle rows below
             assert r["nfe_mean"] == 2 * plan["bound_times"] and r["eps"] == mod.EPS
         else:
             # a bound on the discrete data (no offset): above 0, and above the ODE's here by about the
