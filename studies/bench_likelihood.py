@@ -371,6 +371,9 @@ TDQ_TOLS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)
 #: "equal total error": sqrt(SE^2 + bias^2) within this factor of the original's
 EQUAL_ERROR = 1.01
 EE_TARGET = {"cpu": 5.0, "cuda": 10.0}
+#: error budgets of the "ours" rows: the default, and the one that equals the benchmark's own
+#: criterion (a bias of b SE raises the total error by sqrt(1 + b^2), so 1% allows b = 0.142)
+EE_BUDGETS = (0.1, round(math.sqrt(EQUAL_ERROR ** 2 - 1), 3))
 EE_FIELDS = ["method", "tol", "wall_s", "nfe_per_image", "pilot_nfe_per_image", "bpd_mean", "stderr", "bias",
              "bias_stderr", "total_error", "total_vs_original", "equal_error", "speedup_vs_original", "n_images",
              "batch", "reference_tol", "model", "device", "torch", "date", "load"]
@@ -446,10 +449,12 @@ def equal_error(args, device: torch.device, bar=None) -> list[dict]:
     (orig_bpd, orig_nfe), wall = timed(lambda: _original_bpd(score, sde, x, args, gen(), n_levels, data_range), device)
     runs.append(("original (scipy RK45, 2 forwards, host round trip)", 1e-5, wall, orig_bpd, float(orig_nfe.mean()), 0.0))
     base_total = _stats(orig_bpd, ref_bpd)["total_error"]
-    res, wall = ours()
-    tol = res.tolerance
-    runs.append(("ours: dopri5, tolerance from the error budget", tol.tol, wall, res.bpd[0], res.total_nfe / res.n_samples,
-                 tol.pilot_nfe / res.n_samples))
+    for budget in EE_BUDGETS:
+        res, wall = ours(error_budget=budget)
+        tol = res.tolerance
+        name = "default error budget 0.1" if budget == 0.1 else f"error budget {budget:g} (the 1% criterion)"
+        runs.append((f"ours: dopri5, tolerance from the {name}", tol.tol, wall, res.bpd[0],
+                     res.total_nfe / res.n_samples, tol.pilot_nfe / res.n_samples))
     res, wall = ours(rtol=1e-5, atol=1e-5)
     runs.append(("ours: dopri5 at the original's 1e-5", 1e-5, wall, res.bpd[0], res.mean_nfe, 0.0))
     for t in TDQ_TOLS:  # the loosest torchdiffeq tolerance of equal total error (the search is not timed)
@@ -472,11 +477,12 @@ def equal_error(args, device: torch.device, bar=None) -> list[dict]:
 def check_equal_error(rows: list[dict], device_type: str) -> list[tuple[str, bool, str]]:
     """``(target, met, detail)``: ours with the budget at equal total error, and its speed-up."""
     by = {r["method"].split(":")[0]: r for r in rows}
-    ours = next(r for r in rows if "error budget" in r["method"])
+    ours = next(r for r in rows if "default error budget" in r["method"])
     need = EE_TARGET.get(device_type, EE_TARGET["cpu"])
-    return [("ours with the budget: total error within 1% of the original's", bool(int(ours["equal_error"])),
+    return [("ours with the default budget: total error within 1% of the original's", bool(int(ours["equal_error"])),
              f"{float(ours['total_vs_original']):.4f}x"),
-            (f"ours with the budget >= {need:g}x less wall time than the original", float(ours["speedup_vs_original"]) >= need,
+            (f"ours with the default budget >= {need:g}x less wall time than the original",
+             float(ours["speedup_vs_original"]) >= need,
              f"{float(ours['speedup_vs_original']):.2f}x")] if by else []
 
 

@@ -109,7 +109,8 @@ def test_equal_error_rows_follow_their_definitions(quick_run):
         # errors at most (plus the tolerance's own error); the MC error is far larger
         assert abs(bias) <= 5 * float(r["bias_stderr"]) + 10 * float(r["tol"])
         assert se > 0 and int(r["n_images"]) == 24
-    budget = next(r for r in rows if "error budget" in r["method"])
+    assert sum("error budget" in m for m in methods) == len(mod.EE_BUDGETS)
+    budget = next(r for r in rows if "default error budget" in r["method"])
     assert float(budget["nfe_per_image"]) > float(budget["pilot_nfe_per_image"]) > 0
     assert int(budget["equal_error"]) == 1  # the budget keeps the total error where the original's is
     md = paths["ee_md"].read_text()
