@@ -114,3 +114,19 @@ class Source:
                 buf, n_buf = ([rest] if rest.shape[0] else []), rest.shape[0]
         if n_buf:
             yield first, (buf[0] if len(buf) == 1 else torch.cat(buf))
+
+
+def resolve_device(device, score_fn, generator, source: Source) -> torch.device:
+    """Where to evaluate: ``device`` if given, else the module's parameter device, else the
+    generator's, else the data tensor's, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(score_fn, torch.nn.Module):
+        p = next(iter(score_fn.parameters()), None)
+        if p is not None:
+            return p.device
+    if generator is not None:
+        return generator.device
+    if source.tensor is not None:
+        return source.tensor.device
+    return torch.device("cpu")

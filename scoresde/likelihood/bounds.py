@@ -81,7 +81,7 @@ from .. import quantize as Q
 from ..losses import TIME_SAMPLERS, draw_times
 from ..scorefn import ScoreFn
 from ..sde import SDE, VPSDE
-from .batches import Source
+from .batches import Source, resolve_device
 from .bpd import bits_per_dim
 from .ddpm_bound import DDPM_TIMES, DDPM_VARIANCES, BoundResult, check_inputs, ddpm_bound
 
@@ -342,7 +342,7 @@ def evaluate_bounds(
     if ddpm_terms is not None:
         check_int("ddpm_terms", ddpm_terms)
     source = Source(data)
-    device = _device(device, score_fn, generator, source)
+    device = resolve_device(device, score_fn, generator, source)
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"the generator is on {generator.device} but evaluation runs on {device}; "
                          f"make it with torch.Generator(device='{device.type}')")
@@ -414,16 +414,3 @@ def _check_batch(xb: torch.Tensor, where: str, bounds, dequantize, n_levels: int
                                  f"with dequantize=None; pass bounds=('continuous',) for continuous data.)") from None
             raise
 
-
-def _device(device, score_fn, generator, source: Source) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if isinstance(score_fn, torch.nn.Module):
-        p = next(iter(score_fn.parameters()), None)
-        if p is not None:
-            return p.device
-    if generator is not None:
-        return generator.device
-    if source.tensor is not None:
-        return source.tensor.device
-    return torch.device("cpu")

@@ -39,7 +39,7 @@ from .. import quantize as Q
 from ..quantize import check_on_grid, grid_cell
 from ..scorefn import ScoreFn
 from ..sde import SDE
-from .batches import Source
+from .batches import Source, resolve_device
 from .bpd import BPDResult, bits_per_dim, summarise
 from .budget import ToleranceChoice, budget_tolerance
 from .flow import log_likelihood
@@ -151,7 +151,7 @@ def evaluate_bpd(
                       "before evaluating the likelihood", stacklevel=2)
     is_dist, rank, world = dist_context(distributed)
     source = Source(data)
-    device = _resolve_device(device, score_fn, generator, source)
+    device = resolve_device(device, score_fn, generator, source)
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"the generator is on {generator.device} but evaluation runs on {device}; "
                          f"make it with torch.Generator(device='{device.type}')")
@@ -289,20 +289,6 @@ def _assemble(plan: _Plan, parts: list, size: Optional[int], rank: int) -> BPDRe
                       stacklevel=3)
     return BPDResult(bpd=bpd, logp=logp, nfe=nfe, status=status, mean=mean, stderr=stderr, n_samples=n,
                      n_failed=n_failed, convention=plan.convention, z=z, tolerance=plan.tolerance)
-
-
-def _resolve_device(device, score_fn, generator, source: Source) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if isinstance(score_fn, torch.nn.Module):
-        p = next(iter(score_fn.parameters()), None)
-        if p is not None:
-            return p.device
-    if generator is not None:
-        return generator.device
-    if source.tensor is not None:
-        return source.tensor.device
-    return torch.device("cpu")
 
 
 def _check_options(repeats, dequantize, batch_size, n_levels, data_range) -> Tuple[float, float, float]:
