@@ -192,11 +192,16 @@ def dequantize(x: torch.Tensor, n_levels: int = 256, data_range: Sequence[float]
     """Uniform dequantization ``x + u w``, ``u ~ U[0, 1)`` per coordinate, ``w = (hi - lo) / n_levels``.
 
     ``x`` holds grid values (cell left edges, :func:`grid_values`); the result is uniform over each
-    value's cell ``[x, x + w)`` (up to the rounding of ``x + u w`` in ``x``'s dtype, at most one
-    ulp). This is the noise ``evaluate_bpd`` and the training loop add:
+    value's cell ``[x, x + w)`` up to the rounding of ``x + u w`` in the result's dtype, and always
+    inside it: a value that rounds onto the next edge ``x + w`` is moved one ulp below it. This is the noise ``evaluate_bpd`` and the training loop add:
     ``torch.rand`` shaped like ``x``, in ``x``'s dtype, on ``x``'s device, from ``generator``
     (so a generator on ``x``'s device). ``check=True`` first verifies that ``x`` is on the grid
     (one host read-back; off by default for training loops).
+
+    Half-precision data (``float16``, ``bfloat16``) are upcast to ``float32`` first and the result is
+    ``float32``: their ulp near ``|x| = 1`` is a sizeable fraction of a 256-level cell (bfloat16's is the
+    whole cell), so ``x + u w`` rounded back to half precision would leave its cell or fall back onto
+    the grid point. With the same generator, half-precision grid data get exactly the float32 noise.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor of grid values, got {type(x).__name__} "
@@ -204,4 +209,8 @@ def dequantize(x: torch.Tensor, n_levels: int = 256, data_range: Sequence[float]
     if check:
         check_on_grid(x, n_levels, data_range, name="x")
     _, _, w = grid_cell(n_levels, data_range)
-    return x + torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * w
+    if torch.finfo(x.dtype).bits < 32:
+        x = x.to(torch.float32)
+    out = x + torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * w
+    top = x + w  # the next cell's edge: a u close to 1 can round onto it; keep such a value in its own cell
+    return torch.where(out < top, out, torch.nextafter(top, x))

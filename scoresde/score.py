@@ -144,12 +144,26 @@ class ScoreModel(nn.Module):
     def net_output(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """Raw network output ``net(x, net_time(t))`` (the parameterization's quantity), shaped like ``x``."""
         check_x(x)
+        self._check_like_net(x)
         t = self._time(t, x)
         out = self.net(x, self.net_time(t))
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the network must return a tensor shaped like x {tuple(x.shape)}, got {got}")
         return out
+
+    def _check_like_net(self, x: torch.Tensor) -> None:
+        """``x`` must have the dtype and device of the network's parameters (outside autocast): say so
+        here rather than let a matrix product deep inside the network fail."""
+        p = next((q for q in self.net.parameters() if q.is_floating_point()), None)
+        if p is None or torch.is_autocast_enabled():
+            return
+        if x.dtype != p.dtype:
+            raise TypeError(f"x is {x.dtype} but the network's parameters are {p.dtype}: pass x.to({p.dtype}) "
+                            f"(for sampling: dtype={p.dtype}), or convert the model with model.to({x.dtype})")
+        if x.device != p.device:
+            raise ValueError(f"x is on {x.device} but the network is on {p.device}: pass x.to('{p.device}') "
+                             f"(for sampling: device='{p.device}'), or move the model with model.to('{x.device}')")
 
     def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """The score ``grad_x log p_t(x)`` (same as :meth:`score`), so the model itself is a ``score_fn``."""

@@ -83,17 +83,23 @@ class SDE(abc.ABC):
     def sde(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift ``f(x, t)`` shaped like ``x`` and diffusion ``g(t)`` of shape ``(B,)``."""
         check_x(x)
-        return self.sde_unchecked(x, as_time(t, x, self.T))
+        tt = as_time(t, x, self.T)  # the time (and device) first: a meta tensor has no values to check
+        check_finite(x)
+        return self.sde_unchecked(x, tt)
 
     def marginal_prob(self, x0: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``m(t) x0`` (shaped like ``x0``) and std ``s(t)`` (shape ``(B,)``) of ``p_{0t}(x(t) | x0)``."""
         check_x(x0, "x0")
-        return self.marginal_prob_unchecked(x0, as_time(t, x0, self.T))
+        tt = as_time(t, x0, self.T)
+        check_finite(x0, "x0")
+        return self.marginal_prob_unchecked(x0, tt)
 
     def discretize(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the discrete chain at time ``t``: ``x_next = x + f + G z`` with ``G`` of shape ``(B,)``."""
         check_x(x)
-        return self.discretize_unchecked(x, as_time(t, x, self.T))
+        tt = as_time(t, x, self.T)
+        check_finite(x)
+        return self.discretize_unchecked(x, tt)
 
     def coeffs(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """``(m(t), s(t))`` of the marginal ``x(t) | x(0) ~ N(m x(0), s^2 I)``, each of shape ``(B,)``."""
@@ -221,11 +227,15 @@ class ReverseSDE:
 
     def sde(self, x: torch.Tensor, t: TimeLike):
         check_x(x)
-        return self.sde_unchecked(x, as_time(t, x, self.T))
+        tt = as_time(t, x, self.T)
+        check_finite(x)
+        return self.sde_unchecked(x, tt)
 
     def discretize(self, x: torch.Tensor, t: TimeLike):
         check_x(x)
-        return self.discretize_unchecked(x, as_time(t, x, self.T))
+        tt = as_time(t, x, self.T)
+        check_finite(x)
+        return self.discretize_unchecked(x, tt)
 
 
 # ---------------------------------------------------------------------------------------------

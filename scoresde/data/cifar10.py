@@ -39,6 +39,25 @@ def _numpy_global(module: str, name: str) -> Any:
     raise pickle.UnpicklingError(f"cannot resolve {module}.{name}")
 
 
+#: The largest batch file accepted: an official batch is about 31 MB (10000 images of 3072 bytes
+#: plus labels and file names); anything larger is refused before it is read.
+MAX_BATCH_BYTES = 32 << 20
+#: The most images one batch holds (the official batches hold 10000).
+_MAX_BATCH_IMAGES = 10000
+
+
+class _NDArrayType:
+    """What ``numpy.ndarray`` resolves to inside a batch: a token that only :func:`_reconstruct` accepts,
+    so a pickle cannot call ``ndarray(shape)`` to allocate an array of any size."""
+
+
+def _reconstruct(cls: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """NumPy's ``_reconstruct`` for the empty array a pickled array starts from (its data come after)."""
+    if cls is not _NDArrayType or not isinstance(shape, tuple) or len(shape) != 1 or shape[0] != 0:
+        raise pickle.UnpicklingError("it builds an array other than the way NumPy pickles one")
+    return np.ndarray((0,), dtype=np.dtype(dtype))
+
+
 #: The only globals an official CIFAR-10 batch (or a faithful copy of its format) refers to:
 #: NumPy's array reconstruction and Python's latin-1 bytes encoding.
 _PICKLE_ALLOWED = {
@@ -50,7 +69,9 @@ _PICKLE_ALLOWED = {
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :data:`_PICKLE_ALLOWED`; any other global is refused."""
+    """An unpickler that resolves only :data:`_PICKLE_ALLOWED`; any other global is refused, and
+    ``numpy.ndarray`` cannot be called to allocate memory (every array's size is bounded by its
+    bytes in the file, which is at most :data:`MAX_BATCH_BYTES`)."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _PICKLE_ALLOWED:
@@ -58,13 +79,38 @@ class _BatchUnpickler(pickle.Unpickler):
         if module == "_codecs":
             import codecs
             return codecs.encode
+        if name == "ndarray":
+            return _NDArrayType
+        if name == "_reconstruct":
+            return _reconstruct
         if module == "numpy":
             return getattr(np, name)
         return _numpy_global(module, name)
 
 
+def _check_labels(labels: Any, n: int, where: str) -> np.ndarray:
+    """``labels`` as int64, checked (type, length, each value an int in 0..9) before any conversion."""
+    if isinstance(labels, np.ndarray):
+        ok = labels.shape == (n,) and np.issubdtype(labels.dtype, np.integer)
+        what = f"an array of dtype {labels.dtype}, shape {labels.shape}"
+    elif isinstance(labels, list):
+        ok = len(labels) == n and all(type(v) is int for v in labels)
+        what = f"a list of {len(labels)} items" + ("" if ok or len(labels) != n else " that are not all integers")
+    else:
+        ok, what = False, f"a {type(labels).__name__}"
+    if not ok:
+        raise ValueError(f"{where}: 'labels' must be {n} integers in 0..9 (one per image), got {what}")
+    labels = np.asarray(labels, dtype=np.int64) if isinstance(labels, list) else labels.astype(np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels > 9))
+    if bad.size:
+        raise ValueError(f"{where}: 'labels' must be {n} integers in 0..9, got {int(labels[bad[0]])} at index "
+                         f"{int(bad[0])} ({bad.size} outside 0..9)")
+    return labels
+
+
 def _unpickle_batch(raw: bytes, where: str) -> Tuple[np.ndarray, np.ndarray]:
     """``(data (N, 3072) uint8, labels (N,) int64)`` from one pickled batch (restricted unpickler)."""
+    _check_batch_size(len(raw), where)
     try:
         d = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any unpickling failure is a corrupt or foreign file
@@ -77,17 +123,22 @@ def _unpickle_batch(raw: bytes, where: str) -> Tuple[np.ndarray, np.ndarray]:
         for k in (key.encode(), key):
             if k in d:
                 return d[k]
-        raise ValueError(f"{where} has no {key!r} entry (keys: {sorted(map(repr, d))}); it is not a CIFAR-10 batch")
+        keys = sorted(repr(k)[:40] for k in list(d)[:20])
+        raise ValueError(f"{where} has no {key!r} entry (keys: {keys}); it is not a CIFAR-10 batch")
 
-    data, labels = get("data"), np.asarray(get("labels"))
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{where}: 'data' must be a uint8 array (N, 3072), got "
+    data = get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 \
+            or data.shape[0] > _MAX_BATCH_IMAGES:
+        raise ValueError(f"{where}: 'data' must be a uint8 array (N, 3072) with N <= {_MAX_BATCH_IMAGES}, got "
                          f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
-    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer) \
-            or (labels.size and (labels.min() < 0 or labels.max() > 9)):
-        raise ValueError(f"{where}: 'labels' must be {data.shape[0]} integers in 0..9, got dtype {labels.dtype}, "
-                         f"shape {labels.shape}")
-    return data, labels.astype(np.int64)
+    return data, _check_labels(get("labels"), data.shape[0], where)
+
+
+def _check_batch_size(size: int, where: str) -> None:
+    """Refuse a batch file larger than an official one before reading it."""
+    if size > MAX_BATCH_BYTES:
+        raise ValueError(f"{where} is {size} bytes, more than the {MAX_BATCH_BYTES} a CIFAR-10 batch can be (an "
+                         f"official batch is about 31 MB); refusing to read it. {_CIFAR_WHERE}")
 
 
 def _cifar_source(root: Path) -> Tuple[str, Path]:
@@ -114,7 +165,11 @@ def _cifar_source(root: Path) -> Tuple[str, Path]:
 def _read_cifar_files(kind: str, path: Path) -> Dict[str, Tuple[bytes, str]]:
     names = CIFAR10_TRAIN + CIFAR10_TEST
     if kind == "dir":
-        return {f: ((path / f).read_bytes(), str(path / f)) for f in names}
+        out = {}
+        for f in names:
+            _check_batch_size((path / f).stat().st_size, str(path / f))
+            out[f] = ((path / f).read_bytes(), str(path / f))
+        return out
     out = {}
     try:
         with tarfile.open(path, "r:*") as tf:
@@ -128,6 +183,7 @@ def _read_cifar_files(kind: str, path: Path) -> Dict[str, Tuple[bytes, str]]:
                 fh = tf.extractfile(member) if member.isfile() else None
                 if fh is None:
                     raise ValueError(f"{member_name} in {str(path)!r} is not a regular file")
+                _check_batch_size(member.size, f"{path}:{member_name}")
                 out[f] = (fh.read(), f"{path}:{member_name}")  # read into memory; nothing is extracted to disk
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):

@@ -42,7 +42,7 @@ from ..sde import SDE
 from .batches import Source, resolve_device
 from .bpd import BPDResult, bits_per_dim, summarise
 from .budget import ToleranceChoice, budget_tolerance
-from .flow import log_likelihood
+from .flow import log_likelihood, warns_in_train_mode
 from .sharding import dist_context, gather_blocks, rank_generator, shard_bounds, unwrap_ddp
 
 __all__ = ["evaluate_bpd"]
@@ -50,6 +50,7 @@ __all__ = ["evaluate_bpd"]
 _DEQUANTIZE = ("uniform", None)
 
 
+@warns_in_train_mode
 def evaluate_bpd(
     score_fn: ScoreFn,
     sde: SDE,
@@ -91,7 +92,9 @@ def evaluate_bpd(
         repeats: evaluations per sample, each with fresh dequantization noise and fresh probes.
         dequantize: ``"uniform"``: the data must be grid values ``lo + u (hi - lo)/n_levels``
             (checked; :mod:`scoresde.quantize`) and get ``U(0, w)`` noise per coordinate; ``None``:
-            continuous data, evaluated as given.
+            continuous data, evaluated as given. Half-precision (``float16``, ``bfloat16``) grid data
+            are dequantized, and so evaluated, in ``float32`` (half precision cannot hold a point
+            inside a 256-level cell), giving the float32 data's answer with the same generator.
         n_levels, data_range: the quantization grid and the bits/dim offset
             ``log2(n_levels / (hi - lo))``.
         batch_size: samples per :func:`~scoresde.likelihood.log_likelihood` call.
@@ -146,9 +149,6 @@ def evaluate_bpd(
     score_fn = unwrap_ddp(score_fn)
     if not callable(score_fn):
         raise TypeError("score_fn must be callable as score_fn(x, t) -> tensor shaped like x")
-    if isinstance(score_fn, torch.nn.Module) and score_fn.training:
-        warnings.warn("score_fn is a module in training mode (dropout, batch-norm statistics); call .eval() "
-                      "before evaluating the likelihood", stacklevel=2)
     is_dist, rank, world = dist_context(distributed)
     source = Source(data)
     device = resolve_device(device, score_fn, generator, source)

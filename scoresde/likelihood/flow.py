@@ -25,8 +25,11 @@ depends on ``x``). :func:`log_likelihood` refuses such a score, and refuses to r
 """
 from __future__ import annotations
 
+import contextvars
+import functools
+import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -36,7 +39,40 @@ from ..sde import SDE
 from ..solvers import METHODS, solve_ode
 from .divergence import TRACES, divergence, draw_probes
 
-__all__ = ["LikelihoodResult", "log_likelihood"]
+__all__ = ["LikelihoodResult", "log_likelihood", "warn_if_training", "warns_in_train_mode"]
+
+_TRAIN_MODE = ("score_fn is a module in training mode (dropout, batch-norm statistics); call .eval() "
+               "before evaluating the likelihood")
+#: True inside a function that has already warned (:func:`warns_in_train_mode`): no second warning.
+_WARNED: contextvars.ContextVar = contextvars.ContextVar("scoresde_train_mode_warned", default=False)
+
+
+def warn_if_training(score_fn, stacklevel: int = 2) -> None:
+    """Warn when ``score_fn`` is a module (or a method of one, or one wrapped in DDP) in training mode,
+    unless an enclosing :func:`warns_in_train_mode` function has warned already."""
+    if _WARNED.get():
+        return
+    module = getattr(score_fn, "__self__", score_fn)  # model.score_fn: its module
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        module = module.module
+    if isinstance(module, torch.nn.Module) and module.training:
+        warnings.warn(_TRAIN_MODE, stacklevel=stacklevel + 1)
+
+
+def warns_in_train_mode(fn: Callable) -> Callable:
+    """Decorate a function whose first argument is ``score_fn`` and which calls :func:`log_likelihood`
+    (possibly many times): it warns once about a module in training mode, its inner calls do not."""
+
+    @functools.wraps(fn)
+    def wrapper(score_fn, *args, **kwargs):
+        warn_if_training(score_fn, stacklevel=2)
+        token = _WARNED.set(True)
+        try:
+            return fn(score_fn, *args, **kwargs)
+        finally:
+            _WARNED.reset(token)
+
+    return wrapper
 
 _NOT_DIFFERENTIABLE = (
     "score_fn returned a tensor that does not depend on x through autograd (requires_grad is False, "
@@ -117,6 +153,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
     Args:
         score_fn: ``score_fn(x, t)``, differentiable in ``x`` by autograd (not run under
             ``torch.no_grad()``, not detached; a score that does not depend on ``x`` returns ``0 * x``).
+            Put a network in ``eval()`` mode first (a module in training mode gets a warning).
         trace: ``"rademacher"`` (default), ``"gaussian"`` (Hutchinson–Skilling), or ``"exact"``.
         n_probes: probes per sample averaged in each evaluation (Hutchinson only).
         eps: the time the density refers to, in ``(0, T)``; 1e-5 is the literature default.
@@ -150,6 +187,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
     check_finite(x)
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde SDE, got {type(sde).__name__}")
+    warn_if_training(score_fn, stacklevel=2)
     check_choice("trace estimator", trace, TRACES)
     check_int("n_probes", n_probes)
     if trace == "exact" and n_probes != 1:

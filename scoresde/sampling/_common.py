@@ -2,6 +2,7 @@
 with its output check, the final denoising step and the result."""
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -47,13 +48,32 @@ class Setup:
         return torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
 
+def check_shape(shape: Any) -> tuple:
+    """``shape`` as a tuple ``(B, *dims)`` of positive ints; a bare int or a non-integer size is refused."""
+    if isinstance(shape, (int, torch.Tensor)) or not isinstance(shape, Sequence):
+        hint = f" (e.g. ({shape}, 2) for {shape} samples in 2-D)" if isinstance(shape, int) else ""
+        raise TypeError(f"shape must be a sequence (B, *dims), got the {type(shape).__name__} {shape!r}; "
+                        f"pass a tuple{hint}")
+    try:
+        if any(isinstance(s, bool) for s in shape):
+            raise TypeError
+        shape = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must hold integer sizes (B, *dims), got {tuple(shape)!r}") from None
+    if len(shape) < 1 or any(s <= 0 for s in shape):
+        raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}")
+    return shape
+
+
 def setup(sde: SDE, shape: Sequence[int], *, generator=None, device=None, dtype=None, x_T=None) -> Setup:
     """Check the arguments shared by all samplers and draw (or take) the initial state at ``T``."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 1 or any(s <= 0 for s in shape):
-        raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}")
+    shape = check_shape(shape)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating dtype (torch.float32 or torch.float64), got {dtype!r}: samples "
+                        "are continuous; to get integer levels, sample in float and map the result with "
+                        "scoresde.quantize.to_levels(x, n_levels, data_range, mode='floor')")
     if x_T is not None:
         if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape:
             got = tuple(x_T.shape) if isinstance(x_T, torch.Tensor) else type(x_T).__name__
