@@ -33,7 +33,8 @@ from .sampling import CORRECTORS, GRIDS, PREDICTORS, SAMPLERS, Sampler, SampleRe
 from .score import PARAMETERIZATIONS, ScoreModel
 from .sde import SDE, BetaSchedule, CosineBeta, LinearBeta, ReverseSDE, SubVPSDE, VESDE, VPSDE
 from .solvers import METHODS, ButcherTableau, ODEResult, SolverStatus, StepSizeController, available_methods, solve_ode
-from .training import TrainConfig, TrainingDiverged, TrainResult, build_model, build_sde, load_checkpoint, load_model, train
+from .training import (CheckpointError, RunFolderBusy, TrainConfig, TrainingDiverged, TrainResult, UnverifiedCheckpointWarning,
+                       build_model, build_sde, load_checkpoint, load_model, train)
 from .targets import (
     GaussianMixture,
     checkerboard,
@@ -66,7 +67,7 @@ __all__ = [
     "dsm_loss", "loss_weight", "importance_density", "sample_importance_time",
     # training
     "TrainConfig", "TrainResult", "TrainingDiverged", "train", "build_sde", "build_model", "load_checkpoint",
-    "load_model",
+    "load_model", "CheckpointError", "UnverifiedCheckpointWarning", "RunFolderBusy",
     # data
     "Dataset", "DATASETS", "load_dataset", "load_digits", "load_mnist", "load_cifar10", "load_toy", "dequantize",
     "iterate_batches",

@@ -60,10 +60,11 @@ from ..losses import draw_times, dsm_loss
 from ..quantize import dequantize
 from ..score import ScoreModel
 from .builders import build_model, build_sde
-from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, load_checkpoint, rng_state, set_rng_state,
-                         write_checkpoint)
-from .config import RESUMABLE, TrainConfig
+from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, check_resumable, data_fingerprint,
+                         load_checkpoint, rng_state, set_rng_state, write_checkpoint)
+from .config import TrainConfig
 from .distributed import Dist, setup_distributed
+from .lock import hold_run_folder, resume_decision
 from .result import Hook, TrainingDiverged, TrainResult
 
 __all__ = ["train"]
@@ -130,13 +131,15 @@ class _Trainer:
         if n < B:
             raise ValueError(f"batch_size={B} exceeds the {n} training samples of {dataset.name!r}; "
                              f"use batch_size <= {n}")
+        _check_finite_data(dataset)
+        self.fingerprint = data_fingerprint(dataset.train)
         self.n, self.per_epoch = n, n // B
         self.lo, self.hi = (B * d.rank) // W, (B * (d.rank + 1)) // W
         self.train_x = dataset.train.to(device=device, dtype=torch.get_default_dtype())
         self.quantized = dataset.quantized and cfg.dequantize
         self._perm_cache: Tuple[int, Optional[torch.Tensor]] = (-1, None)
 
-        start = self._resume_decision(resume)
+        start = resume_decision(self.ckpt_path, self.out, resume, d)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.sde = build_sde(cfg)
         self.model = build_model(cfg, dataset, self.sde).to(device)
@@ -145,10 +148,11 @@ class _Trainer:
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(derive_seed(cfg.seed, "noise"))
         self.step, self.wall_before, self.resumed_from, self.ckpt_loss = 0, 0.0, None, math.nan
+        self.window = (torch.zeros((), device=device, dtype=torch.float32), 0)
         ckpt = None
-        if start is not None:
+        if start:
             ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
-            self._check_compatible(ckpt)
+            check_resumable(ckpt, self.ckpt_path, cfg, dataset, self.fingerprint)
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
             self.sched.load_state_dict(ckpt["scheduler"])
@@ -174,6 +178,7 @@ class _Trainer:
                               "global RNG states are taken from rank 0's (only dropout depends on them)",
                               stacklevel=3)
             set_rng_state(states[d.rank] if len(states) == d.world else states[0])
+            self._restore_window(ckpt.get("log_window"))
         else:
             self.ema.update_parameters(self.model)  # e_0 = p_0
             seed = derive_seed(cfg.seed, "global", d.rank)
@@ -193,45 +198,18 @@ class _Trainer:
             raise ValueError(f"the processes were given different training configurations (fields {diff}); "
                              "pass the same TrainConfig on every rank")
 
-    def _resume_decision(self, resume: Optional[bool]) -> Optional[int]:
-        """Rank 0 decides (checkpoint present? allowed?) and tells the others; errors are raised on every rank."""
-        msg, start = None, None
-        if self.d.rank == 0:
-            found = self.ckpt_path.is_file()
-            if resume is True and not found:
-                msg = (f"resume=True but {str(self.ckpt_path)!r} does not exist; start a fresh run "
-                       "(resume=None/False) or point out_dir at an existing run")
-            elif resume is False and found:
-                msg = (f"{str(self.out)!r} already holds a run ({CHECKPOINT_NAME}); resume it (resume=None or True) "
-                       "or choose another out_dir")
-            elif found:
-                start = 0
-        if self.d.on:
-            box = [(msg, start)]
-            dist.broadcast_object_list(box, src=0)
-            msg, start = box[0]
-        if msg is not None:
-            raise FileNotFoundError(msg) if resume is True else FileExistsError(msg)
-        if start is not None and not self.ckpt_path.is_file():
-            raise FileNotFoundError(f"rank {self.d.rank} cannot see {str(self.ckpt_path)!r}, which rank 0 resumes "
-                                    "from; out_dir must be on a file system shared by all processes")
-        return start
-
-    def _check_compatible(self, ckpt: Dict[str, Any]) -> None:
-        old = TrainConfig.from_dict(ckpt["config"]).to_dict()
-        new = self.cfg.to_dict()
-        diff = [k for k in new if k not in RESUMABLE and old[k] != new[k]]
-        if diff:
-            changes = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff)
-            raise ValueError(f"{str(self.ckpt_path)!r} was written with another configuration ({changes}); "
-                             f"resume with the same settings (only {', '.join(RESUMABLE)} may change) or "
-                             "choose another out_dir")
-        if tuple(ckpt["data_shape"]) != tuple(self.dataset.shape):
-            raise ValueError(f"the checkpoint's data have shape {tuple(ckpt['data_shape'])}, this data set "
-                             f"{tuple(self.dataset.shape)}; resume on the same data")
-        if int(ckpt["step"]) > self.cfg.steps:
-            raise ValueError(f"the checkpoint is at step {ckpt['step']}, beyond steps={self.cfg.steps}; "
-                             f"ask for steps >= {ckpt['step']}")
+    def _restore_window(self, lw: Optional[Dict[str, Any]]) -> None:
+        """The running loss sums of the logging window at the checkpoint (none in an old checkpoint),
+        so that the resumed run logs what the uninterrupted one does. With another number of ranks,
+        rank 0 takes the whole sum, rescaled to the new count of per-rank means per step."""
+        if not lw:
+            return
+        sums, n = lw["sums"], int(lw["n"])
+        if len(sums) == self.d.world:
+            mine = sums[self.d.rank].float()
+        else:
+            mine = sum(x.float() for x in sums) * (self.d.world / len(sums)) * (self.d.rank == 0)
+        self.window = (mine.to(self.device).clone(), n)
 
     # -- one step --------------------------------------------------------------------------------
     def _indices(self, s: int) -> torch.Tensor:
@@ -292,18 +270,20 @@ class _Trainer:
                 keep.append(line)
         atomic_write(self.metrics_path, "".join(x + "\n" for x in keep))
 
-    def _save(self, step: int, loss: float, wall: float) -> None:
-        per_rank = [rng_state()]
+    def _save(self, step: int, loss: float, wall: float, win_sum: torch.Tensor, win_n: int) -> None:
+        mine = (rng_state(), win_sum.detach().to("cpu").clone())
+        every = [mine]
         if self.d.on:
-            per_rank = [None] * self.d.world
-            dist.all_gather_object(per_rank, per_rank[0])
+            every = [None] * self.d.world
+            dist.all_gather_object(every, mine)
             self.d.barrier()
         if self.d.rank == 0:
             keep = self.out / f"checkpoint_{step:08d}.pt" if self.cfg.keep_checkpoints else None
             write_checkpoint(self.ckpt_path, step=step, cfg=self.cfg, dataset=self.dataset, model=self.model,
                              ema=self.ema, optimizer=self.opt, scheduler=self.sched, generator=self.gen,
-                             per_rank_rng=per_rank, loss=loss, wall_time=wall, world_size=self.d.world,
-                             keep_as=keep)
+                             per_rank_rng=[r for r, _ in every], loss=loss, wall_time=wall,
+                             world_size=self.d.world, log_window=dict(n=win_n, sums=[w for _, w in every]),
+                             data_fingerprint=self.fingerprint, keep_as=keep)
         self.d.barrier()
 
     def _check_finite(self, bad: torch.Tensor, bad_val: torch.Tensor, last_ckpt: Optional[int]) -> None:
@@ -349,8 +329,7 @@ class _Trainer:
             self._trim_metrics(-1 if self.resumed_from is None else self.step)
         d.barrier()
         last_ckpt = self.resumed_from
-        win_sum = torch.zeros((), device=self.device, dtype=torch.float32)
-        win_n, last_loss = 0, self.ckpt_loss
+        (win_sum, win_n), last_loss = self.window, self.ckpt_loss
         bad = torch.full((), _NO_BAD, device=self.device, dtype=torch.long)
         bad_val = torch.zeros((), device=self.device, dtype=torch.float32)
         gnorm = torch.zeros((), device=self.device)
@@ -389,7 +368,7 @@ class _Trainer:
                     win_sum.zero_()
                     win_n = 0
                 if do_ckpt:
-                    self._save(s, last_loss, wall)
+                    self._save(s, last_loss, wall, win_sum, win_n)
                     last_ckpt = s
                 if do_eval:
                     self._run_hooks(s)
@@ -403,6 +382,18 @@ class _Trainer:
 
 
 _NO_BAD = 2**62
+
+
+def _check_finite_data(dataset: Dataset) -> None:
+    """The training data, checked once before the first step: a NaN or infinite value is named by its row."""
+    x = dataset.train
+    ok = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if not bool(ok.all()):
+        rows = (~ok).nonzero().flatten()
+        first = int(rows[0])
+        raise ValueError(f"the training data of {dataset.name!r} hold a non-finite value (NaN or inf) in row {first} "
+                         f"of the train split (0-based; {rows.numel()} of {x.shape[0]} rows are affected, e.g. "
+                         f"{x[first].flatten()[:4].tolist()}); drop or repair those rows before training")
 
 
 def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, hooks: Sequence[Hook] = (),
@@ -427,9 +418,17 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, hooks: Sequenc
     initialised here (NCCL on CUDA, gloo on CPU) and destroyed at the end; a group initialised by
     the caller is used as it is. Only rank 0 writes files.
 
+    The run holds an exclusive lock on ``out_dir`` (:mod:`scoresde.training.lock`) from start to end,
+    and removes the temporary files a killed run left there. The training data are checked once,
+    up front: a non-finite value is an error naming its row.
+
     Returns a :class:`TrainResult`. Raises :class:`TrainingDiverged` when the loss becomes
-    non-finite, ``ValueError`` for an impossible configuration, ``FileExistsError`` /
-    ``FileNotFoundError`` for a ``resume`` that does not match ``out_dir``.
+    non-finite, ``ValueError`` for an impossible configuration, a non-finite training value, or a
+    resume with another configuration or other training data (the checkpoint stores their
+    fingerprint), :class:`~scoresde.training.checkpoint.CheckpointError` (a ``ValueError``) for a
+    damaged or foreign ``checkpoint_last.pt`` (or one that is a folder), which is left as it is,
+    :class:`~scoresde.training.lock.RunFolderBusy` (a ``FileExistsError``) when another run holds
+    ``out_dir``, ``FileExistsError`` / ``FileNotFoundError`` for a ``resume`` that does not match ``out_dir``.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -437,7 +436,8 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, hooks: Sequenc
         raise ValueError(f"resume must be None (automatic), True or False, got {resume!r}")
     d, device = setup_distributed(cfg)
     try:
-        return _Trainer(cfg, dataset, hooks, progress, resume, d, device).run()
+        with hold_run_folder(Path(cfg.out_dir), d):
+            return _Trainer(cfg, dataset, hooks, progress, resume, d, device).run()
     finally:
         if d.owns_group and dist.is_initialized():
             dist.destroy_process_group()
