@@ -1,6 +1,9 @@
 """Helpers every command shares: the usage error, the device, the CPU threads, the process group
 under ``torchrun``, loading a checkpoint or a data set, and atomic writes of JSON, tensors and
-figures (a temporary file in the same folder, then ``os.replace``, by :func:`scoresde.io.atomic_write`)."""
+figures (a temporary file in the same folder, then ``os.replace``, by :func:`scoresde.io.atomic_write`).
+
+File-system errors (:mod:`scoresde.cli.files`) become :class:`~scoresde.cli.files.FileError`:
+``cannot write PATH: reason`` (exit status 1)."""
 from __future__ import annotations
 
 import argparse
@@ -10,29 +13,31 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
-__all__ = ["UsageError", "say", "parse_device", "DEFAULT_THREADS", "add_threads_flag", "torch_threads",
-           "distributed", "load_model", "load_data", "atomic_json", "atomic_torch", "atomic_figure"]
+from .files import FileError, UsageError, file_error, os_error_in
+
+__all__ = ["UsageError", "FileError", "say", "parse_device", "DEFAULT_THREADS", "add_threads_flag", "torch_threads",
+           "distributed", "load_model", "load_data", "atomic_bytes", "atomic_json", "atomic_torch", "atomic_figure"]
 
 #: The default of ``--threads``: one intra-op thread per process (see :func:`add_threads_flag`).
 DEFAULT_THREADS = 1
-
-
-class UsageError(Exception):
-    """Raised inside a command for a user error: reported through ``parser.error`` (exit status 2)."""
 
 
 def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def parse_device(text: str):
-    """``--device`` text -> ``torch.device``; a usage error for a non-device or a missing CUDA."""
+def parse_device(text: str, auto: bool = False):
+    """``--device`` text -> ``torch.device``; a usage error for a non-device or a missing CUDA.
+    With ``auto`` (``train``), ``"auto"`` is accepted too and returned as it is."""
     import torch
 
+    if auto and text == "auto":
+        return text
     try:
         dev = torch.device(text)
-    except RuntimeError:
-        raise UsageError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N"
+                         + (" (or auto: CUDA when available)" if auto else "")) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {text} but no CUDA device is available; use --device cpu")
     return dev
@@ -103,18 +108,34 @@ def distributed(device_text: str) -> Iterator[Tuple[Any, Any]]:
 def load_model(path: Path, use_ema: bool, device):
     """``(checkpoint path, ScoreModel, TrainConfig, checkpoint dict)`` of a checkpoint file or a run
     folder (its ``checkpoint_last.pt``)."""
+    import pickle
+
+    from .. import training
     from ..training import CHECKPOINT_NAME
     from ..training import load_model as _load
 
+    given = path
     if path.is_dir():
         path = path / CHECKPOINT_NAME
+        if path.exists() and not path.is_file():
+            raise UsageError(f"no checkpoint at {str(path)!r}: it is a folder, not a checkpoint file; pass the "
+                             "checkpoint_last.pt (or the run folder) written by `scoresde train`")
+        if not path.exists():
+            raise UsageError(f"no checkpoint at {str(given)!r}: it is a folder without a {CHECKPOINT_NAME}; pass "
+                             "the checkpoint_last.pt (or the run folder) written by `scoresde train`")
     if not path.is_file():
         raise UsageError(f"no checkpoint at {str(path)!r}; pass the checkpoint_last.pt (or the run folder) "
                          "written by `scoresde train`")
+    damaged = tuple(c for c in (ValueError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError,
+                                getattr(training, "CheckpointError", None)) if isinstance(c, type))
     try:
         model, cfg, ckpt = _load(path, use_ema=use_ema, device=device)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise UsageError(f"cannot read {str(path)!r}: {e}") from None
+    except Exception as e:  # a file-system error is exit 1; a damaged or foreign file a usage error
+        if os_error_in(e) is not None:
+            raise file_error(e, path=path, verb="read") from None
+        if isinstance(e, damaged):
+            raise UsageError(f"cannot read {str(path)!r}: {e}") from None
+        raise
     return path, model, cfg, ckpt
 
 
@@ -130,29 +151,38 @@ def load_data(name: str, root: Optional[str]):
         raise UsageError(f"--dataset {name} reads no files; drop --data-root")
     try:
         return load_dataset(name, root)
-    except (FileNotFoundError, ValueError, ImportError, TypeError) as e:
+    except OSError as e:
+        if e.errno is None:  # the data package's own message (a missing file, said with its path)
+            raise UsageError(f"cannot load data set {name!r}: {e}") from None
+        raise file_error(e, path=root, verb="read") from None
+    except (ValueError, ImportError, TypeError) as e:
         raise UsageError(f"cannot load data set {name!r}: {e}") from None
 
 
-def atomic_json(path: Path, obj: Any) -> Path:
+def atomic_bytes(path: Path, data: Any) -> Path:
+    """:func:`scoresde.io.atomic_write` of bytes (or text, as UTF-8), with a file-system error as a
+    :class:`FileError` naming ``path``."""
     from ..io import atomic_write
 
-    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    try:
+        return atomic_write(path, data)
+    except OSError as e:
+        raise file_error(e, path=path, verb="write") from None
+
+
+def atomic_json(path: Path, obj: Any) -> Path:
+    return atomic_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def atomic_torch(path: Path, obj: Any) -> Path:
     import torch
 
-    from ..io import atomic_write
-
     buf = io.BytesIO()
     torch.save(obj, buf)
-    return atomic_write(path, buf.getvalue())
+    return atomic_bytes(path, buf.getvalue())
 
 
 def atomic_figure(fig, path: Path, dpi: int = 120) -> Path:
-    from ..io import atomic_write
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return atomic_write(path, buf.getvalue())
+    return atomic_bytes(path, buf.getvalue())

@@ -6,7 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from .common import UsageError, add_threads_flag, atomic_json, atomic_torch, load_data, parse_device, say
+from .common import (UsageError, add_threads_flag, atomic_bytes, atomic_json, atomic_torch, load_data, parse_device,
+                     say)
+from .files import check_output, file_error, os_error_in
 from .flags import positive_int
 
 #: Training steps of the default recipe.
@@ -53,11 +55,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train(cfg, ds, out: Path, progress: bool):
-    from ..training import train
+    from ..training import CHECKPOINT_NAME, train
 
     say(f"[1/5] training a VP {cfg.net.upper()} on digits for {cfg.steps} steps -> {out / 'run'}")
+    from .train import intact
+
     try:
         return train(cfg, dataset=ds, progress=progress)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise file_error(e, path=out / "run", note=intact(out / "run" / CHECKPOINT_NAME)) from None
+    except RuntimeError as e:
+        if os_error_in(e) is None:
+            raise
+        raise file_error(e, path=out / "run", note=intact(out / "run" / CHECKPOINT_NAME)) from None
     except ValueError as e:
         raise UsageError(f"{e} (a different demo configuration already lives in {out / 'run'}: use another "
                          "--out or delete it)") from None
@@ -122,16 +134,19 @@ def _diverged(per_image) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io import atomic_write
     from ..training import TrainConfig
     from .nll import evaluate
     from .report import demo_figure, demo_report
+
+    from .train import check_run_folder
 
     device = parse_device(args.device)
     plan = dict(PLANS["quick" if args.quick else "default"])
     steps = args.steps or plan["steps"]
     progress = not args.no_progress
     out: Path = args.out
+    check_output(out, kind="folder")  # before the work: the demo's files and its run folder can be written
+    check_run_folder(out / "run", flag="--out")
     ds = load_data("digits", None)
     n_test = min(args.n_test or plan["n_test"] or ds.test.shape[0], ds.test.shape[0])
     n_samples = args.n_samples or plan["n_samples"] or ds.test.shape[0]
@@ -176,6 +191,6 @@ def run(args: argparse.Namespace) -> int:
         train_seconds=t_train, final_loss=res.loss, total_seconds=time.perf_counter() - t0, config=cfg.to_dict(), torch=str(torch.__version__),
         device=str(device), threads=torch.get_num_threads())
     atomic_json(out / "results.json", summary)
-    rpath = atomic_write(out / "report.md", demo_report(summary, bpd, cfg, fig_path.name, args.quick))
+    rpath = atomic_bytes(out / "report.md", demo_report(summary, bpd, cfg, fig_path.name, args.quick))
     say(f"bits/dim: {bpd.summary()}\nreport: {rpath}\nfigure: {fig_path}\ntotal {time.perf_counter() - t0:.1f} s")
     return 0

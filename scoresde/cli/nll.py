@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .common import UsageError, add_threads_flag, atomic_json, distributed, load_data, load_model, say
+from .files import check_output
 from .flags import nonneg_int, positive_float, positive_int
 
 NAME = "nll"
@@ -89,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         if tuple(ds.shape) != tuple(ckpt["data_shape"]):
             raise UsageError(f"the data have shape {tuple(ds.shape)} but the model was trained on "
                              f"{tuple(ckpt['data_shape'])}")
+        out = args.out if args.out is not None else path.parent / f"nll_{args.split}.json"
+        # before the evaluation, on every rank (no rank may wait in a collective for one that stopped): a bad
+        # --out is found at once, not after the work
+        check_output(out, kind="file", example=f"nll_{args.split}.json")
         data = getattr(ds, args.split)
         n_split = data.shape[0]
         if args.limit is not None:
@@ -102,15 +107,14 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
         if d.rank == 0:
-            _write(args, res, note, path, cfg, ckpt, n_split, d.world)
+            _write(args, res, note, path, out, cfg, ckpt, n_split, d.world)
     return 0
 
 
-def _write(args: argparse.Namespace, res, note: str, path, cfg, ckpt, n_split: int, world: int) -> None:
-    """``nll_<split>.json`` (or ``--out``) and the summary line."""
+def _write(args: argparse.Namespace, res, note: str, path, out, cfg, ckpt, n_split: int, world: int) -> None:
+    """``out`` (``nll_<split>.json`` or ``--out``) and the summary line."""
     import torch
 
-    out = args.out if args.out is not None else path.parent / f"nll_{args.split}.json"
     report = res.to_dict(per_sample=False)
     report.update(checkpoint=str(path), step=int(ckpt["step"]), use_ema=args.use_ema, dataset=cfg.dataset,
                   split=args.split, n_evaluated=res.n_samples, n_in_split=n_split,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .common import UsageError, add_threads_flag, atomic_figure, atomic_torch, distributed, load_model, say
+from .files import check_output
 from .flags import flag_name, nonneg_float, nonneg_int, positive_float, positive_int
 
 NAME = "sample"
@@ -283,6 +284,10 @@ def run(args: argparse.Namespace) -> int:
         if args.eps is not None and not args.eps < sde.T:
             raise UsageError(f"--eps {args.eps} must be below T={sde.T}")
         shape = tuple(ckpt["data_shape"])
+        out = args.out if args.out is not None else path.parent / "samples"
+        # before the sampling, on every rank (no rank may wait in a collective for one that stopped): a bad
+        # --out is found at once, not after the work
+        check_output(out, kind="folder")
         t0 = time.perf_counter()
         try:
             res = gather_chunks(lambda: draw_chunks(
@@ -295,17 +300,18 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.synchronize(device)
         secs = time.perf_counter() - t0
         if d.rank == 0:
-            _write(args, res, secs, path, cfg, ckpt, shape, world=d.world)
+            _write(args, res, secs, path, out, cfg, ckpt, shape, world=d.world)
     return 0
 
 
-def _write(args: argparse.Namespace, res, secs: float, path: Path, cfg, ckpt, shape, *, world: int) -> None:
-    """``samples_<sampler>.pt`` and ``.png`` in ``--out`` (default ``<run folder>/samples``) and the summary line."""
+def _write(args: argparse.Namespace, res, secs: float, path: Path, out: Path, cfg, ckpt, shape, *,
+           world: int) -> None:
+    """``samples_<sampler>.pt`` and ``.png`` in ``out`` (``--out``, default ``<run folder>/samples``) and the
+    summary line."""
     import torch
 
     from .report import plt, show_samples
 
-    out = args.out if args.out is not None else path.parent / "samples"
     out.mkdir(parents=True, exist_ok=True)
     rng = data_range(cfg, ckpt)
     meta = dict(x=res.x, nfe=res.nfe, status=res.status, sampler=res.sampler, eps=res.eps, info=res.info,

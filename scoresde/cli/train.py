@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Collection, Dict, Mapping, Optional
 
-from .common import UsageError, add_threads_flag, load_data, say
+from .common import UsageError, add_threads_flag, load_data, parse_device, say
+from .files import FileError, check_output, file_error, os_error_in
 
 NAME = "train"
 HELP = "train a score model (resumes from --out when it holds a checkpoint)"
@@ -66,10 +67,14 @@ def config_from_args(args: argparse.Namespace):
 
     base: Dict[str, Any] = {}
     if args.config is not None:
+        if args.config.is_dir():
+            raise UsageError(f"--config {str(args.config)!r} is a folder; give a JSON file (e.g. a run's config.json)")
         if not args.config.is_file():
             raise UsageError(f"--config {str(args.config)!r} does not exist")
         try:
             base = TrainConfig.load(args.config).to_dict()
+        except OSError as e:
+            raise file_error(e, path=args.config, verb="read") from None
         except (ValueError, TypeError) as e:
             raise UsageError(f"--config {str(args.config)!r}: {e}") from None
     for f in dataclasses.fields(TrainConfig):
@@ -82,18 +87,53 @@ def config_from_args(args: argparse.Namespace):
         raise UsageError(str(e)) from None
 
 
+def check_run_folder(out: Path, flag: str = "--out") -> None:
+    """Before training: ``out`` can be a run folder (not a file, below no file, writable) and its
+    ``checkpoint_last.pt``, if there is one, is a file."""
+    from ..training import CHECKPOINT_NAME
+
+    ckpt = out / CHECKPOINT_NAME
+    try:
+        check_output(out, kind="folder", flag=flag)
+    except FileError as e:
+        raise e.with_note(intact(ckpt)) from None
+    if ckpt.exists() and not ckpt.is_file():
+        raise UsageError(f"cannot resume from {str(ckpt)!r}: it is a folder, not a checkpoint file; move it away "
+                         f"or choose another {flag}")
+
+
+def intact(ckpt: Path) -> str:
+    """What a failed write left of the run: its last checkpoint, unchanged (checkpoints are written
+    atomically: temporary file, fsync, rename), or no checkpoint yet."""
+    if ckpt.is_file():
+        return (f"the last checkpoint {str(ckpt)!r} is intact (checkpoints are written atomically); fix that and "
+                "run the same command again to resume from it")
+    return "no checkpoint was written yet"
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..training import TrainingDiverged, train
+    from .. import training
+    from ..training import CHECKPOINT_NAME, TrainingDiverged, train
 
     cfg = config_from_args(args)
+    parse_device(cfg.device, auto=True)
+    out = Path(cfg.out_dir)
+    check_run_folder(out)
     ds = load_data(cfg.dataset, cfg.data_root)
+    damaged = tuple(c for c in (ValueError, getattr(training, "CheckpointError", None)) if isinstance(c, type))
     try:
         res = train(cfg, dataset=ds, progress=not args.no_progress, resume=True if args.resume else None)
     except TrainingDiverged as e:
         print(f"scoresde train: error: {e}", file=sys.stderr)
         return 1
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno is None:  # the loop's own message: resume asked, no checkpoint
+            raise UsageError(str(e)) from None
+        if os_error_in(e) is not None:
+            raise file_error(e, path=out, note=intact(out / CHECKPOINT_NAME)) from None
+        if isinstance(e, damaged):
+            raise UsageError(str(e)) from None
+        raise
     if res.rank == 0:
         start = "fresh run" if res.resumed_from is None else f"resumed from step {res.resumed_from}"
         say(f"trained to step {res.step} ({start}); last logged loss {res.loss:.5g}; "
