@@ -149,8 +149,10 @@ def hold_run_folder(folder: Path, d: Dist) -> Iterator[None]:
         except PermissionError as e:
             err = (PermissionError, f"cannot lock the run folder {str(folder)!r} ({e.strerror}): it must be writable "
                                     "by this user; fix its permissions or choose another out_dir")
-        except BaseException:
+        except Exception as e:  # anything else: tell the other ranks before raising, so none waits
             lock.release()
+            _share(d, (RuntimeError, f"rank 0 could not set up the run folder {str(folder)!r}: "
+                                     f"{type(e).__name__}: {e}"))
             raise
     err = _share(d, err)
     if err is not None:
