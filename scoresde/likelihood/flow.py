@@ -74,6 +74,7 @@ def warns_in_train_mode(fn: Callable) -> Callable:
 
     return wrapper
 
+
 _NOT_DIFFERENTIABLE = (
     "score_fn returned a tensor that does not depend on x through autograd (requires_grad is False, "
     "or its graph does not reach x), so the divergence of the probability-flow drift would silently "
