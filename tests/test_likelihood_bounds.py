@@ -471,3 +471,25 @@ def test_clear_errors():
         variational_bound(score, vp, torch.full((2, 2), math.nan))
     with pytest.raises(TypeError, match="SDE"):
         variational_bound(score, "vp", x)
+
+
+def test_evaluate_bounds_warns_once_about_a_module_in_train_mode():
+    """As evaluate_bpd does: a network in training mode (dropout, batch-norm statistics) gets one warning."""
+    import warnings
+
+    from scoresde import VPSDE, evaluate_bounds
+    from scoresde.quantize import grid_values
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t):
+            return 0 * x
+
+    sde = VPSDE()
+    data = grid_values(torch.randint(0, 16, (6, 2), generator=torch.Generator().manual_seed(0)), 16)
+    for training, expected in ((True, 1), (False, 0)):
+        net = Zero().train(training)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            evaluate_bounds(net, sde, data, n_levels=16, bounds=("continuous",), progress=False,
+                            generator=torch.Generator().manual_seed(1))
+        assert sum("training mode" in str(x.message) for x in w) == expected

@@ -84,6 +84,7 @@ from ..sde import SDE, VPSDE
 from .batches import Source, resolve_device
 from .bpd import bits_per_dim
 from .ddpm_bound import DDPM_TIMES, DDPM_VARIANCES, BoundResult, check_inputs, ddpm_bound
+from .flow import warns_in_train_mode
 
 __all__ = ["variational_bound", "evaluate_bounds", "BoundResult", "BoundEvaluation", "BOUNDS"]
 
@@ -271,6 +272,7 @@ class BoundEvaluation:
         return out
 
 
+@warns_in_train_mode
 def evaluate_bounds(
     score_fn: ScoreFn,
     sde: SDE,
