@@ -193,7 +193,8 @@ def dequantize(x: torch.Tensor, n_levels: int = 256, data_range: Sequence[float]
 
     ``x`` holds grid values (cell left edges, :func:`grid_values`); the result is uniform over each
     value's cell ``[x, x + w)`` up to the rounding of ``x + u w`` in the result's dtype, and always
-    inside it: a value that rounds onto the next edge ``x + w`` is moved one ulp below it. This is the noise ``evaluate_bpd`` and the training loop add:
+    inside it: a value that rounds onto the next edge ``x + w`` is moved one ulp below it. This is
+    the noise ``evaluate_bpd`` and the training loop add:
     ``torch.rand`` shaped like ``x``, in ``x``'s dtype, on ``x``'s device, from ``generator``
     (so a generator on ``x``'s device). ``check=True`` first verifies that ``x`` is on the grid
     (one host read-back; off by default for training loops).

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import quantize as Q
 from .._utils import check_int, check_number, derive_seed
@@ -121,17 +122,21 @@ def choose_tolerance(score_fn: Callable, sde, x: torch.Tensor, n_total: int, *, 
     evaluation device; every solve draws its probes from a generator seeded with ``probe_seed``, so
     the reference and the candidates see the same probes. ``likelihood_kw``: the other options of
     :func:`~scoresde.likelihood.log_likelihood` (trace, n_probes, eps, backend, max_steps).
-    See the module docstring for the rule.
+    ``progress``: a tqdm bar over the pilot's solves. See the module docstring for the rule.
     """
     cands = check_budget(budget, candidates, reference, max(int(x.shape[0]), 2))
     kw = dict(likelihood_kw or {})
     num_dims = math.prod(x.shape[1:])
     nfe_total = 0
 
+    bar = tqdm(total=1 + len(cands), desc="tolerance pilot", disable=not progress, leave=False)
+
     def solve(tol: float):
         nonlocal nfe_total
         gen = torch.Generator(device=x.device).manual_seed(probe_seed)
+        bar.set_postfix(rtol=f"{tol:g}", refresh=False)
         res = log_likelihood(score_fn, sde, x, rtol=tol, atol=tol, generator=gen, **kw)
+        bar.update(1)
         nfe_total += int(res.nfe.sum())
         bpd = bits_per_dim(res.logp.to(torch.float64), num_dims, n_levels=n_levels, data_range=data_range)
         return bpd, (res.status == 0) & torch.isfinite(bpd), float(res.nfe.double().mean())
@@ -154,6 +159,7 @@ def choose_tolerance(score_fn: Callable, sde, x: torch.Tensor, n_total: int, *, 
         if fits:
             chosen = tried[-1]
             break
+    bar.close()
     fitted = chosen is not None
     if chosen is None:
         chosen = dict(tol=float(reference), bias=math.nan, bias_stderr=math.nan)
