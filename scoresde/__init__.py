@@ -4,6 +4,7 @@ The public API is re-exported here by name; nothing else is public.
 """
 from .data import DATASETS, Dataset, dequantize, iterate_batches, load_cifar10, load_dataset, load_digits, load_mnist, load_toy
 from .discrete import DDPMSchedule, SMLDSchedule
+from .guidance import NULL_CLASS, Guidance, GuidedScore, guided_score, resolve_guidance
 from .io import atomic_write, atomic_write_with
 from .likelihood import (BoundEvaluation, BoundResult, BPDResult, LikelihoodResult, bits_per_dim, ddpm_bound,
                          evaluate_bounds, evaluate_bpd, log_likelihood, ToleranceChoice, variational_bound)
@@ -55,6 +56,8 @@ __all__ = [
     # oracles and toy data
     "GaussianMixture", "mixture_2d", "mixture_nd", "two_moons", "eight_gaussians", "eight_gaussians_mixture",
     "checkerboard", "swiss_roll",
+    # conditional models and classifier-free guidance
+    "NULL_CLASS", "Guidance", "GuidedScore", "guided_score", "resolve_guidance",
     # sampling
     "sample", "SampleResult", "SAMPLERS", "Sampler", "GRIDS", "time_grid", "PREDICTORS", "CORRECTORS",
     # likelihood

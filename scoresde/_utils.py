@@ -36,6 +36,38 @@ def check_x(x: torch.Tensor, name: str = "x") -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
+#: The class label that means "no label": a row with this label is evaluated unconditionally (the
+#: network's extra "null" class, the mixture's marginal). The one definition of the convention.
+NULL_CLASS = -1
+
+
+def check_labels(y: Any, batch: int, device: Any = None, num_classes: Any = None, *, name: str = "y") -> torch.Tensor:
+    """Class labels as a ``(batch,)`` int64 tensor; returns it (a Python int is broadcast).
+
+    Values are ``0 .. num_classes - 1`` or :data:`NULL_CLASS` (``-1``, unconditional). The value
+    range is checked only when ``num_classes`` is given (that reads the labels back to the host, so
+    callers do it once at a public entry point, never inside a solver loop).
+    """
+    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
+        raise TypeError(f"{name} must be a (B,) tensor of integer class labels (or an int for every sample), "
+                        f"got {type(y).__name__}")
+    if isinstance(y, int):
+        y = torch.full((batch,), y, dtype=torch.long, device=device)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}; pass y.long()")
+    if tuple(y.shape) != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), one label per sample, got shape {tuple(y.shape)}")
+    if device is not None and y.device != torch.device(device):
+        y = y.to(device)
+    y = y.long()
+    if num_classes is not None and y.numel():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < NULL_CLASS or hi >= num_classes:
+            raise ValueError(f"{name} holds labels in [{lo}, {hi}], but the model knows classes 0..{num_classes - 1} "
+                             f"and {NULL_CLASS} (no label); pass labels in that range")
+    return y
+
+
 def check_finite(x: torch.Tensor, name: str = "x") -> None:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())

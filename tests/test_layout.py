@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parent.parent / "scoresde"
 LAYERS = {
     "_utils": 1, "io": 1, "quantize": 1, "_deprecated": 1,
     "sde": 2, "schedules": 2, "scorefn": 2, "discrete": 2, "solvers": 2, "nets": 2,
-    "targets": 3, "score": 3, "interop": 3, "losses": 3, "metrics": 3, "data": 3,
+    "targets": 3, "score": 3, "guidance": 3, "interop": 3, "losses": 3, "metrics": 3, "data": 3,
     "sampling": 4, "likelihood": 4, "evaluate": 4,
     "training": 5, "train": 5,
     "cli": 6,

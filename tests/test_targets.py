@@ -590,3 +590,49 @@ def test_cuda_score_fn_without_host_sync_matches_cpu():
     g = torch.Generator(device="cuda").manual_seed(0)
     s = mix.sample(10, generator=g, dtype=torch.float32, shape=(1, 4, 4))
     assert s.device.type == "cuda" and s.shape == (10, 1, 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Class labels.
+# ---------------------------------------------------------------------------------------------
+def _labelled():
+    return GaussianMixture([0.4, 0.3, 0.2, 0.1], [[-2.5, 0.0], [2.5, 0.5], [0.0, 3.0], [0.5, -3.0]],
+                           [0.5, 0.4, 0.3, 0.3], labels=[0, 1, 1, 0])
+
+
+def test_labelled_mixture_class_prior_and_conditionals():
+    mix = _labelled()
+    assert mix.num_classes == 2 and mix.labels.tolist() == [0, 1, 1, 0] and "2 classes" in repr(mix)
+    torch.testing.assert_close(mix.class_probs(), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    c1 = mix.conditional(1)
+    torch.testing.assert_close(c1.weights, torch.tensor([0.6, 0.4], dtype=torch.float64))
+    torch.testing.assert_close(c1.means, mix.means[1:3])
+    assert mix.marginal(0.4, scoresde.VPSDE()).labels.tolist() == [0, 1, 1, 0]
+    assert GaussianMixture([1.0], [[0.0]], [1.0]).num_classes == 0
+
+
+def test_labelled_sampling_draws_each_class_from_its_components():
+    mix = _labelled()
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    x = mix.sample(n, generator=g, y=1, dtype=torch.float64)
+    comp = mix.component_of(x)
+    frac = float((comp == 1).double().mean())  # P(component 1 | class 1) = 0.6
+    assert abs(frac - 0.6) < 4 * (0.6 * 0.4 / n) ** 0.5
+    assert bool(((comp == 1) | (comp == 2)).all())
+    x, y = mix.sample_labelled(n, generator=g, dtype=torch.float64)
+    comp = mix.component_of(x)
+    assert torch.equal(y, mix.labels[comp])  # separated components: the label is the component's class
+    assert abs(float(y.double().mean()) - 0.5) < 4 * (0.25 / n) ** 0.5
+
+
+def test_labels_are_checked():
+    w, mu, sd = [0.5, 0.5], [[0.0], [1.0]], [1.0, 1.0]
+    with pytest.raises(ValueError, match="non-negative integers"):
+        GaussianMixture(w, mu, sd, labels=[0.5, 1])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        GaussianMixture(w, mu, sd, labels=[0])
+    with pytest.raises(ValueError, match="no class labels"):
+        GaussianMixture(w, mu, sd).class_probs()
+    with pytest.raises(ValueError, match="classes 0..1"):
+        GaussianMixture(w, mu, sd, labels=[0, 1]).conditional(2)

@@ -181,21 +181,23 @@ def _pilot_generator(generator: Optional[torch.Generator], device: torch.device)
 def budget_tolerance(score_fn: Callable, sde, source, device: torch.device, generator: Optional[torch.Generator],
                      likelihood_kw: dict, *, error_budget: float, pilot_size: int, dequantize: Optional[str],
                      n_levels: int, data_range, is_dist: bool = False, rank: int = 0,
-                     progress: bool = False) -> ToleranceChoice:
+                     progress: bool = False, labels: Optional[torch.Tensor] = None) -> ToleranceChoice:
     """:func:`choose_tolerance` for :func:`~scoresde.likelihood.evaluate_bpd`: the pilot rows of a
     data ``source`` (a materialised :class:`~scoresde.likelihood.batches.Source`), dequantized once
-    from the pilot's own stream; under a process group rank 0 runs it and broadcasts the choice."""
+    from the pilot's own stream; under a process group rank 0 runs it and broadcasts the choice.
+    ``labels`` ``(N,)``: the data's class labels (a conditional evaluation), selected with the rows."""
     check_budget(error_budget, CANDIDATES, REFERENCE, pilot_size)
 
     def run() -> ToleranceChoice:
         gen = _pilot_generator(generator, device)
-        x = source.tensor[pilot_rows(source.size, pilot_size)].to(device)
+        rows = pilot_rows(source.size, pilot_size)
+        x = source.tensor[rows].to(device)
         if dequantize == "uniform":
             x = Q.dequantize(x, n_levels, data_range, gen)
         seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
+        kw = likelihood_kw if labels is None else dict(likelihood_kw, y=labels[rows].to(device))
         return choose_tolerance(score_fn, sde, x, source.size, budget=error_budget, probe_seed=seed,
-                                n_levels=n_levels, data_range=data_range, likelihood_kw=likelihood_kw,
-                                progress=progress)
+                                n_levels=n_levels, data_range=data_range, likelihood_kw=kw, progress=progress)
 
     if not is_dist:
         return run()

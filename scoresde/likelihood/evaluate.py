@@ -34,7 +34,8 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Union
 import torch
 from tqdm.auto import tqdm
 
-from .._utils import check_int
+from .._utils import check_int, check_labels
+from ..guidance import score_num_classes
 from .. import quantize as Q
 from ..quantize import check_on_grid, grid_cell
 from ..scorefn import ScoreFn
@@ -75,6 +76,7 @@ def evaluate_bpd(
     max_steps: int = 10_000,
     keep_latents: bool = False,
     distributed: Optional[bool] = None,
+    labels: Optional[torch.Tensor] = None,
 ) -> BPDResult:
     """Bits per dimension of ``score_fn`` on every sample of ``data`` (probability-flow ODE likelihood).
 
@@ -124,6 +126,10 @@ def evaluate_bpd(
         distributed: ``None`` (default): shard across ranks when a ``torch.distributed`` process
             group is initialised; ``False``: evaluate everything in this process without
             collectives (e.g. on rank 0 only); ``True``: require a process group.
+        labels: class labels ``(N,)`` of the data, in data order, for a conditional score function
+            (``score_fn(x, t, y=...)``; ``-1`` for an unconditional row): the result is then the
+            conditional ``-log p(x | y)`` in bits/dim, unguided (``convention["conditional"]``).
+            ``labels=dataset.test_labels`` goes with ``data=dataset.test``.
 
     Distributed evaluation: rank ``r`` of ``W`` evaluates the contiguous index block
     ``[r N // W, (r + 1) N // W)`` (an iterable of unknown length is first read into CPU memory
@@ -159,28 +165,33 @@ def evaluate_bpd(
         if source.size == 0:
             raise ValueError("data is empty: nothing to evaluate")
         _check_batch(source.tensor, dequantize, n_levels, data_range, "data")
-    elif (is_dist and source.size is None) or (rtol is None and atol is None):
-        source.materialise()  # the pilot picks rows across the whole set
+    elif (is_dist and source.size is None) or (rtol is None and atol is None) or labels is not None:
+        source.materialise()  # the pilot picks rows across the whole set; labels go by row
         _check_batch(source.tensor, dequantize, n_levels, data_range, "data")
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (source.size,):
+            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be a ({source.size},) tensor, one class label per sample of data, got {got}")
+        labels = check_labels(labels, source.size, "cpu", score_num_classes(score_fn))
 
     lik_kw = dict(trace=trace, n_probes=n_probes, eps=eps, backend=backend, max_steps=max_steps, progress=False)
     choice = None
     if rtol is None and atol is None:
         choice = budget_tolerance(score_fn, sde, source, device, generator, lik_kw, error_budget=error_budget,
                                   pilot_size=pilot_size, dequantize=dequantize, n_levels=n_levels,
-                                  data_range=(lo, hi), is_dist=is_dist, rank=rank, progress=progress)
+                                  data_range=(lo, hi), is_dist=is_dist, rank=rank, progress=progress, labels=labels)
         rtol = atol = choice.tol
     elif rtol is None or atol is None:
         raise ValueError("give both rtol and atol, or neither (then the tolerance is chosen from error_budget)")
     convention = dict(eps=eps, trace=trace, n_probes=n_probes, rtol=rtol, atol=atol,
                       backend=backend, dequantize=dequantize, n_levels=n_levels, data_range=(lo, hi),
                       repeats=repeats, max_steps=max_steps, offset_bits=math.log2(n_levels / (hi - lo)),
-                      sde=repr(sde), world_size=world,
+                      sde=repr(sde), world_size=world, conditional=labels is not None,
                       tolerance=choice.to_dict() if choice is not None else dict(mode="given"))
     plan = _Plan(score_fn=score_fn, sde=sde, device=device, batch_size=batch_size, repeats=repeats,
                  dequantize=dequantize, n_levels=n_levels, lo=lo, hi=hi, keep_latents=keep_latents,
                  progress=progress and rank == 0, convention=convention,
-                 likelihood_kw=dict(lik_kw, rtol=rtol, atol=atol), tolerance=choice)
+                 likelihood_kw=dict(lik_kw, rtol=rtol, atol=atol), tolerance=choice, labels=labels)
     if is_dist:
         start, stop = shard_bounds(source.size, rank, world)
         gen = rank_generator(generator, device, rank)
@@ -211,15 +222,17 @@ class _Plan:
     convention: dict
     likelihood_kw: dict
     tolerance: Optional[ToleranceChoice] = None
+    labels: Optional[torch.Tensor] = None
 
 
-def _evaluate_batch(plan: _Plan, xb: torch.Tensor, gen: Optional[torch.Generator], bar, running: list) -> dict:
-    """``repeats`` evaluations of one batch, each with fresh dequantization noise and probes."""
+def _evaluate_batch(plan: _Plan, xb: torch.Tensor, gen: Optional[torch.Generator], bar, running: list,
+                    yb: Optional[torch.Tensor] = None) -> dict:
+    """``repeats`` evaluations of one batch (labels ``yb`` or None), each with fresh dequantization noise and probes."""
     num_dims = math.prod(xb.shape[1:])
     rows: Dict[str, list] = {k: [] for k in ("logp", "nfe", "status", "z")}
     for _ in range(plan.repeats):
         xr = Q.dequantize(xb, plan.n_levels, (plan.lo, plan.hi), gen) if plan.dequantize == "uniform" else xb
-        res = log_likelihood(plan.score_fn, plan.sde, xr, generator=gen, **plan.likelihood_kw)
+        res = log_likelihood(plan.score_fn, plan.sde, xr, generator=gen, y=yb, **plan.likelihood_kw)
         rows["logp"].append(res.logp.detach().to("cpu", torch.float64))
         rows["nfe"].append(res.nfe.detach().to("cpu", torch.long))
         rows["status"].append(res.status.detach().to("cpu", torch.long))
@@ -251,7 +264,8 @@ def _evaluate_block(plan: _Plan, source: Source, start: int, stop: Optional[int]
                              f"data rows {first}..{first + len(xb) - 1}")
             xb = xb.to(plan.device)
             num_dims = math.prod(xb.shape[1:])
-            rows = _evaluate_batch(plan, xb, gen, bar, running)
+            yb = None if plan.labels is None else plan.labels[first:first + xb.shape[0]].to(plan.device)
+            rows = _evaluate_batch(plan, xb, gen, bar, running, yb)
             for k in cols:
                 if rows[k]:
                     cols[k].append(torch.stack(rows[k]))

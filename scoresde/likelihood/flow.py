@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import torch
 
 from .._utils import check_choice, check_eps, check_finite, check_int, check_x
+from ..guidance import guided_score, resolve_guidance
 from ..scorefn import CheckedScore, ScoreFn
 from ..sde import SDE
 from ..solvers import METHODS, solve_ode
@@ -120,7 +121,8 @@ class LikelihoodResult:
     vector-field evaluations per sample (each one forward and ``n_probes`` VJPs, or ``D`` for the
     exact trace); ``status`` holds :class:`scoresde.solvers.SolverStatus` codes; ``total_nfe`` is the
     number of batched calls. The convention (``eps``, ``trace``, ``n_probes``, ``backend``,
-    ``rtol``, ``atol``) travels with the numbers.
+    ``rtol``, ``atol``) travels with the numbers; ``conditional`` says whether ``logp`` is
+    ``log p_eps(x | y)`` (labels given) or ``log p_eps(x)``.
     """
 
     logp: torch.Tensor
@@ -138,6 +140,7 @@ class LikelihoodResult:
     backend: str
     rtol: float
     atol: float
+    conditional: bool = False
 
     @property
     def ok(self) -> torch.Tensor:
@@ -148,7 +151,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
                    eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5, backend: str = "dopri5",
                    steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
                    accumulator_dtype: torch.dtype = torch.float64, max_steps: int = 10_000,
-                   progress: bool = False, running_only: bool = True) -> LikelihoodResult:
+                   progress: bool = False, running_only: bool = True, y=None,
+                   guidance_weight: Optional[float] = None, guidance_scale: Optional[float] = None) -> LikelihoodResult:
     """``log p_eps(x)`` in nats for a batch ``x`` of shape ``(B, *dims)`` under the probability-flow ODE.
 
     Args:
@@ -168,6 +172,12 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
             only (the field selects their probes); ``False`` evaluates the whole batch every time,
             the old behaviour: the same per-sample results (bitwise for a row-wise score, such as an
             oracle), more work. See :func:`~scoresde.solvers.solve_ode`.
+        y: class labels ``(B,)`` (or an int for every sample; ``-1`` rows unconditional) for a
+            conditional score function ``score_fn(x, t, y=...)``: then ``logp`` is ``log p_eps(x | y)``,
+            the density of the unguided conditional probability-flow ODE.
+        guidance_weight, guidance_scale: accepted so a sampling configuration can be passed on, but
+            only ``w = 0`` (scale 1): a guided field ``(1 + w) score(x | y) - w score(x)`` is not the
+            score of any density (Ho & Salimans 2022), so its "likelihood" would mean nothing.
 
     Returns a :class:`LikelihoodResult`; a sample the solver could not finish gets its status and a
     NaN ``logp`` instead of failing the batch.
@@ -198,13 +208,20 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"the generator is on {generator.device} but x is on {x.device}")
 
-    score = CheckedScore(score_fn)
+    if resolve_guidance(guidance_weight, guidance_scale).active:
+        raise ValueError("the likelihood takes no guidance: a guided field (1 + w) score(x | y) - w score(x) with "
+                         "w != 0 is not the score of a density, so it has no log-likelihood. Drop guidance_weight/"
+                         "guidance_scale (or pass 0 / 1) to get log p(x | y) with y=, or log p(x) without it")
+    guided, _ = guided_score(score_fn, y, batch=x.shape[0], device=x.device)
+    running = [None]  # the solver's running rows: their labels go with them
+    score = CheckedScore(guided if y is None else lambda xs, t: guided.take(running[0])(xs, t))
     rsde = sde.reverse(_DifferentiableScore(score), probability_flow=True)
     probes = None if trace == "exact" else draw_probes(trace, n_probes, x, generator)
 
     def field(t, state, rows=None):
-        """The augmented field; ``rows``: the solver's running samples (their probes), None for all."""
+        """The augmented field; ``rows``: the solver's running samples (their probes and labels), None for all."""
         xs = state[0]
+        running[0] = rows
         v = probes if probes is None or rows is None else probes[:, rows]
         with torch.enable_grad():
             xg = xs.detach().requires_grad_(True)
@@ -225,4 +242,5 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
         logp=logp.cpu(), prior_logp=prior.cpu(), delta_logp=delta.cpu(), z=z, nfe=res.nfe.cpu().long(),
         status=status, n_accepted=res.n_accepted.cpu(), n_rejected=res.n_rejected.cpu(),
         total_nfe=int(res.total_nfe) if res.total_nfe is not None else score.calls, eps=eps, trace=trace,
-        n_probes=n_probes if trace != "exact" else 0, backend=backend, rtol=float(rtol), atol=float(atol))
+        n_probes=n_probes if trace != "exact" else 0, backend=backend, rtol=float(rtol), atol=float(atol),
+        conditional=y is not None)

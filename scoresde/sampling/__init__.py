@@ -42,7 +42,8 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], *, sampler: str = 
            nfe: Optional[int] = None, grid=None, eps: Optional[float] = None,
            generator: Optional[torch.Generator] = None, device=None, dtype: Optional[torch.dtype] = None,
            x_T: Optional[torch.Tensor] = None, denoise: Optional[bool] = None, callback=None,
-           progress: bool = False, **options) -> SampleResult:
+           progress: bool = False, y=None, guidance_weight: Optional[float] = None,
+           guidance_scale: Optional[float] = None, **options) -> SampleResult:
     """Draw ``shape[0]`` samples of shape ``shape[1:]`` with the named sampler.
 
     Shared arguments (every sampler takes them): ``steps`` (number of steps) or ``nfe`` (a budget of
@@ -56,11 +57,19 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], *, sampler: str = 
     default on), ``callback`` (called with ``dict(i, t, x, x0_hat)`` after every step),
     ``progress`` (a tqdm bar). ``options`` go to the sampler (see each class's docstring); an option
     the sampler does not take is an error.
+
+    Conditional sampling (every sampler): ``y`` (a ``(B,)`` tensor of class labels, or an int for
+    every sample; ``-1`` for an unconditional row) with a conditional score function
+    (``score_fn(x, t, y=...)``), and classifier-free guidance by ``guidance_weight=w`` (score
+    ``(1 + w) score(x | y) - w score(x)``) or ``guidance_scale=1 + w``, not both
+    (:mod:`scoresde.guidance`; ``SampleResult.guidance`` records which). ``nfe`` counts guided
+    evaluations, each one score call on ``2B`` rows when ``w != 0``.
     """
     check_choice("sampler", sampler, SAMPLERS)
     return SAMPLERS[sampler](score_fn, sde, shape, steps=steps, nfe=nfe, grid=grid, eps=eps, generator=generator,
                              device=device, dtype=dtype, x_T=x_T, denoise=denoise, callback=callback,
-                             progress=progress, **options)
+                             progress=progress, y=y, guidance_weight=guidance_weight,
+                             guidance_scale=guidance_scale, **options)
 
 
 __all__ = ["sample", "SampleResult", "SAMPLERS", "PREDICTORS", "CORRECTORS", "GRIDS", "Sampler", "time_grid",

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._utils import append_dims, check_eps, check_finite, check_int
+from ..guidance import guided_score
 from ..scorefn import CheckedScore
 from ..sde import SDE, VESDE
 from .result import SampleResult
@@ -110,6 +111,14 @@ def tweedie_denoise(score: CheckedScore, sde: SDE, x: torch.Tensor, eps: float) 
 
 def progress_bar(n: int, progress: bool, desc: str):
     return tqdm(total=n, desc=desc, disable=not progress, leave=False)
+
+
+def condition(score_fn, st: "Setup", y=None, guidance_weight=None, guidance_scale=None):
+    """The one place a sampler turns its score function, the labels ``y`` and the guidance into the
+    score it evaluates: ``(score, guidance_info)`` from :func:`scoresde.guidance.guided_score`
+    (``score_fn`` itself and ``None`` for an unconditional run)."""
+    return guided_score(score_fn, y, guidance_weight=guidance_weight, guidance_scale=guidance_scale,
+                        batch=st.x.shape[0], device=st.x.device)
 
 
 def finish(name: str, x: torch.Tensor, nfe_per_sample: int, total_nfe: int, eps: float,

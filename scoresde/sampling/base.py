@@ -38,9 +38,10 @@ class Run:
 
     def __init__(self, sampler: "Sampler", score_fn, sde: SDE, st: C.Setup, times: list[float], eps: float,
                  denoise: bool, callback: C.Callback, progress: bool, *, coeffs=None, grid_name: str = "uniform",
-                 nfe_budget: Optional[int] = None, rho: Optional[float] = None):
+                 nfe_budget: Optional[int] = None, rho: Optional[float] = None, guidance: Optional[dict] = None):
         self.sampler, self.sde, self.st = sampler, sde, st
         self.score = C.CheckedScore(score_fn)
+        self.guidance = guidance
         self.times, self.eps, self.denoise = times, eps, denoise
         if coeffs is None:
             self.m, self.s = G.coeffs(sde, times)
@@ -54,6 +55,15 @@ class Run:
     @property
     def x(self) -> torch.Tensor:
         return self.st.x
+
+    def aux_score(self, n: int) -> C.CheckedScore:
+        """The score for an auxiliary batch of ``n`` samples (the PC pilot): :attr:`score` itself for an
+        unconditional run, else the same guidance with labels independent of this batch
+        (:meth:`scoresde.guidance.GuidedScore.for_batch`). Its calls count in ``total_nfe``."""
+        guided = self.score.score_fn
+        if self.guidance is None:
+            return self.score
+        return C.CheckedScore(guided.for_batch(n))
 
     def noise(self, like: torch.Tensor) -> torch.Tensor:
         return self.st.noise(like)
@@ -94,7 +104,8 @@ class Run:
         if self.rho is not None:
             info["rho"] = self.rho
         per_sample = self.score.calls if nfe is None else nfe
-        return C.finish(self.sampler.name, x, per_sample, self.score.calls, self.eps, info, **extra)
+        return C.finish(self.sampler.name, x, per_sample, self.score.calls, self.eps, info, guidance=self.guidance,
+                        **extra)
 
 
 class Sampler:
@@ -147,7 +158,8 @@ class Sampler:
                  nfe: Optional[int] = None, grid: G.GridLike = None, eps: Optional[float] = None,
                  x_T: Optional[torch.Tensor] = None, denoise: Optional[bool] = None,
                  generator: Optional[torch.Generator] = None, device=None, dtype: Optional[torch.dtype] = None,
-                 callback: C.Callback = None, progress: bool = False, **options) -> SampleResult:
+                 callback: C.Callback = None, progress: bool = False, y=None, guidance_weight: Optional[float] = None,
+                 guidance_scale: Optional[float] = None, **options) -> SampleResult:
         self.check_sde(sde)
         rho = options.pop("rho", None)
         self.check_options(options)
@@ -164,8 +176,9 @@ class Sampler:
             raise ValueError(f"the grid starts at t={times[0]:g} < T={sde.T:g}, where the prior is no sample of p_t: "
                              "pass x_T (a state at the grid's first time) or start the grid at T")
         st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
-        r = Run(self, score_fn, sde, st, times, eps, denoise, callback, progress, grid_name=grid_name, nfe_budget=nfe,
-                rho=(7.0 if rho is None else rho) if grid_name == "karras" else None)
+        score, guidance = C.condition(score_fn, st, y, guidance_weight, guidance_scale)
+        r = Run(self, score, sde, st, times, eps, denoise, callback, progress, grid_name=grid_name, nfe_budget=nfe,
+                rho=(7.0 if rho is None else rho) if grid_name == "karras" else None, guidance=guidance)
         with torch.no_grad():
             return self.run(r, **options)
 
@@ -196,7 +209,8 @@ class Sampler:
             ok = ", ".join(self.option_names) or "none"
             raise TypeError(f"the {self.name} sampler got unknown option(s) {', '.join(unknown)}; "
                             f"its options are: {ok} (plus the shared steps, nfe, grid, rho (grid='karras'), eps, "
-                            "x_T, denoise, generator, device, dtype, callback, progress)")
+                            "x_T, denoise, generator, device, dtype, callback, progress, y, guidance_weight, "
+                            "guidance_scale)")
 
     def __repr__(self):
         return (f"<sampler {self.name!r}: order {self.order}, {self.nfe_per_step} NFE/step, "

@@ -62,7 +62,8 @@ class _Chain(Sampler):
         return self._discrete(score_fn, sde, shape, **kw)
 
     def _discrete(self, score_fn, sde, shape, *, steps=None, nfe=None, grid=None, eps=None, x_T=None,
-                  denoise=None, generator=None, device=None, dtype=None, callback=None, progress=False, **options):
+                  denoise=None, generator=None, device=None, dtype=None, callback=None, progress=False, y=None,
+                  guidance_weight=None, guidance_scale=None, **options):
         name = self.name
         if not isinstance(sde, VPSDE):
             raise ValueError(f"schedule='discrete' runs the DDPM chain and needs a VPSDE, got {type(sde).__name__}; "
@@ -90,8 +91,9 @@ class _Chain(Sampler):
         s = [math.sqrt(float(-torch.expm1(torch.log(abar[i])))) for i in idx] + [0.0]
         times = [(i + 1) / sde.N for i in idx]
         st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
-        r = Run(self, score_fn, sde, st, times + [0.0], 1.0 / sde.N, True, callback, progress, coeffs=(m, s),
-                nfe_budget=nfe)
+        score, guidance = C.condition(score_fn, st, y, guidance_weight, guidance_scale)
+        r = Run(self, score, sde, st, times + [0.0], 1.0 / sde.N, True, callback, progress, coeffs=(m, s),
+                nfe_budget=nfe, guidance=guidance)
         with torch.no_grad():
             x = r.x
             with r.bar() as bar:
@@ -101,7 +103,7 @@ class _Chain(Sampler):
                     r.emit(k, x, x0)
                     bar.update(1)
         info = dict(options, schedule="discrete", steps=len(idx), indices=idx, denoise=True, grid="uniform")
-        return C.finish(name, x, len(idx), r.score.calls, 1.0 / sde.N, info)
+        return C.finish(name, x, len(idx), r.score.calls, 1.0 / sde.N, info, guidance=guidance)
 
     def run(self, r: Run, **options):
         x = r.x

@@ -40,7 +40,8 @@ class ODESampler(Sampler):
 
     def __call__(self, score_fn, sde, shape, *, steps=None, nfe=None, grid=None, eps=None, x_T=None, denoise=None,
                  generator=None, device=None, dtype=None, callback=None, progress=False, method: str = "dopri5",
-                 rtol: float = 1e-5, atol: float = 1e-5, max_steps: Optional[int] = None, **options):
+                 rtol: float = 1e-5, atol: float = 1e-5, max_steps: Optional[int] = None, y=None,
+                 guidance_weight: Optional[float] = None, guidance_scale: Optional[float] = None, **options):
         self.check_sde(sde)
         self.check_options(options)
         if method not in METHODS:
@@ -71,13 +72,16 @@ class ODESampler(Sampler):
             C.check_steps(steps)
         max_steps = 10_000 if max_steps is None else max_steps
         st = C.setup(sde, shape, generator=generator, device=device, dtype=dtype, x_T=x_T)
-        score = C.CheckedScore(score_fn)
+        guided, guidance = C.condition(score_fn, st, y, guidance_weight, guidance_scale)
+        running = [None]  # the rows the per-sample solver evaluates now (their labels go with them)
+        score = C.CheckedScore(guided if guidance is None else lambda x, t: guided.take(running[0])(x, t))
         rsde = sde.reverse(score, probability_flow=True)
         evals = [0]
 
         last = {}  # the whole batch as the callback sees it: finished samples keep their last state
 
         def field(t, x, rows=None):
+            running[0] = rows
             drift = rsde.sde_unchecked(x, t)[0]
             if callback is not None:  # the solver reuses its stage buffers: hand out copies
                 if rows is None:
@@ -92,12 +96,13 @@ class ODESampler(Sampler):
             res = solve_ode(field, st.x, sde.T, eps, method=method, rtol=rtol, atol=atol, steps=steps,
                             max_steps=max_steps, progress=progress)
             x = res.y
+            running[0] = None
             if denoise:
                 x = C.tweedie_denoise(score, sde, x, eps)
         info = dict(method=method, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps, denoise=denoise)
         out_nfe = res.nfe.cpu().long() + int(denoise)
         return C.finish("ode", x, 0, score.calls, eps, info, status=res.status, nfe=out_nfe,
-                        n_accepted=res.n_accepted.cpu(), n_rejected=res.n_rejected.cpu())
+                        n_accepted=res.n_accepted.cpu(), n_rejected=res.n_rejected.cpu(), guidance=guidance)
 
 
 ode_sampler = ODESampler()

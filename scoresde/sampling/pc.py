@@ -236,6 +236,8 @@ class PCSampler(Sampler):
     ``pilot_size`` (128) and ``pilot_seed`` (0) of the pilot run. Default steps: ``sde.N``.
     NFE per sample: ``steps * (predictor nfe + n_corrector_steps)`` plus one for denoising; the pilot
     run's batched calls are counted in ``total_nfe`` and ``info["pilot_total_nfe"]``.
+    In a conditional run the pilot uses the same guidance with the labels ``0 .. C-1`` repeated,
+    so its step sizes do not depend on the labels of the batch.
     """
 
     name = "pc"
@@ -273,14 +275,17 @@ class PCSampler(Sampler):
             g = torch.Generator(device=x.device).manual_seed(int(pilot_seed))
             pst = C.Setup(r.sde.prior_sampling((pilot_size, *x.shape[1:]), generator=g, device=x.device,
                                                dtype=x.dtype), g)
-            before = r.score.calls
-            pcorr = K(r.sde, r.score, pst, snr, n_corrector_steps, "batch")
+            pscore = r.aux_score(pilot_size)
+            before = pscore.calls
+            pcorr = K(r.sde, pscore, pst, snr, n_corrector_steps, "batch")
             pcorr.record = {}
-            _pc_loop(grid, pst.x, P(r.sde, r.score, pst, grid), pcorr, order)
+            _pc_loop(grid, pst.x, P(r.sde, pscore, pst, grid), pcorr, order)
             keys = list(pcorr.record)
             values = torch.stack([pcorr.record[k] for k in keys]).tolist()  # the one host read of the pilot
             corr.frozen = dict(zip(keys, values))
-            pilot_calls = r.score.calls - before
+            pilot_calls = pscore.calls - before
+            if pscore is not r.score:
+                r.score.calls += pilot_calls
         with r.bar() as bar:
             x = _pc_loop(grid, r.x, pred, corr, order, r.emit if r.callback is not None else None, bar)
         info = dict(predictor=predictor, corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps,

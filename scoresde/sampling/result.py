@@ -23,6 +23,10 @@ class SampleResult:
         total_nfe: number of batched score calls (what wall time is proportional to).
         n_accepted, n_rejected: per-sample step counts of adaptive ODE solvers, else ``None``.
         info: sampler options as used (for studies and reports).
+        guidance: ``None`` for an unconditional run; else what :mod:`scoresde.guidance` records:
+            ``conditional``, ``convention`` (``"weight"``, ``"scale"`` or ``"none"``),
+            ``guidance_weight`` ``w``, ``guidance_scale`` ``1 + w`` and the formula. With ``w != 0``
+            one evaluation (one unit of ``nfe``) is one score call on the batch twice (``2B`` rows).
     """
 
     x: torch.Tensor
@@ -34,6 +38,7 @@ class SampleResult:
     n_accepted: Optional[torch.Tensor] = None
     n_rejected: Optional[torch.Tensor] = None
     info: dict[str, Any] = field(default_factory=dict)
+    guidance: Optional[dict[str, Any]] = None
 
     @property
     def ok(self) -> torch.Tensor:

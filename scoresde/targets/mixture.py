@@ -6,7 +6,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .._utils import TimeLike, as_time, check_int, check_x
+from .._utils import NULL_CLASS, TimeLike, as_time, check_int, check_labels, check_x
 
 ArrayLike = Union[torch.Tensor, Sequence]  # also numpy arrays
 
@@ -49,9 +49,18 @@ class GaussianMixture:
     see :meth:`marginal_log_prob`, :meth:`score_fn` and :meth:`marginal`. For the VE SDE,
     whose ``s(0) = sigma_min > 0``, the marginal at ``t = 0`` is the data convolved with
     ``N(0, sigma_min^2 I)``, as in the SDE's own convention; :meth:`log_prob` is the bare data density.
+
+    Class labels (optional): ``labels`` ``(K,)`` gives each component a class ``0 .. C-1`` (every
+    class needs at least one component). Then the class prior is ``p(y) = sum_{k: l_k = y} w_k``
+    and the class-conditional data are the mixture of that class's components with weights
+    ``w_k / p(y)``, so ``p_t(x | y)`` is again a Gaussian mixture at every ``t`` and its score and
+    log-density are exact, as are the marginal's. Every density and score method takes ``y=``: a
+    ``(B,)`` tensor of labels (or an int for all rows), where the label ``-1``
+    (:data:`~scoresde.guidance.NULL_CLASS`) and ``y=None`` mean the marginal ``p_t(x)``. Such
+    oracles make classifier-free guidance (:mod:`scoresde.guidance`) exact to test.
     """
 
-    def __init__(self, weights: ArrayLike, means: ArrayLike, stds: ArrayLike):
+    def __init__(self, weights: ArrayLike, means: ArrayLike, stds: ArrayLike, labels: Optional[ArrayLike] = None):
         w = _as_float64(weights, "weights")
         mu = _as_float64(means, "means")
         sd = _as_float64(stds, "stds")
@@ -91,7 +100,19 @@ class GaussianMixture:
         self._var = var
         self.isotropic = isotropic
         self._cache: dict = {}
+        self._labels = None if labels is None else self._check_component_labels(labels, K)
 
+    @staticmethod
+    def _check_component_labels(labels: ArrayLike, K: int) -> torch.Tensor:
+        lab = _as_float64(labels, "labels")
+        if tuple(lab.shape) != (K,) or not bool((lab == lab.round()).all()) or (K and float(lab.min()) < 0):
+            raise ValueError(f"labels must be {K} non-negative integers, one class per component, "
+                             f"got {lab.tolist() if lab.numel() < 20 else tuple(lab.shape)}")
+        lab = lab.long()
+        missing = sorted(set(range(int(lab.max()) + 1)) - set(lab.tolist()))
+        if missing:
+            raise ValueError(f"classes {missing} have no component; number the classes 0..C-1 without gaps")
+        return lab
     # -- parameters ----------------------------------------------------------------------------
     @property
     def n_components(self) -> int:
@@ -123,6 +144,57 @@ class GaussianMixture:
         """Per-coordinate component variances ``(K, D)``, float64."""
         return self._var.clone()
 
+    @property
+    def labels(self) -> Optional[torch.Tensor]:
+        """The class of each component ``(K,)`` long, or ``None`` (an unlabelled mixture)."""
+        return None if self._labels is None else self._labels.clone()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``C`` (0 for an unlabelled mixture)."""
+        return 0 if self._labels is None else int(self._labels.max()) + 1
+
+    def class_probs(self) -> torch.Tensor:
+        """The class prior ``p(y) = sum_{k: l_k = y} w_k``, ``(C,)`` float64."""
+        self._need_labels()
+        return torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, self._labels, self._w)
+
+    def conditional(self, y: int) -> "GaussianMixture":
+        """The data distribution of class ``y``, ``p(x | y)``, as an unlabelled mixture of that class's
+        components with weights ``w_k / p(y)``."""
+        self._need_labels()
+        check_int("y", y, 0)
+        if y >= self.num_classes:
+            raise ValueError(f"y={y} but the mixture has classes 0..{self.num_classes - 1}")
+        keep = self._labels == y
+        return GaussianMixture(self._w[keep], self._mu[keep], self._sd[keep])
+
+    def _need_labels(self) -> None:
+        if self._labels is None:
+            raise ValueError("this mixture has no class labels; build it with labels=[class of each component]")
+
+    def _class_term(self, y: Optional[torch.Tensor], joint: torch.Tensor) -> torch.Tensor:
+        """``joint`` ``(B, K)`` restricted to the components of each row's class, minus ``log p(y)``
+        (rows labelled :data:`NULL_CLASS` keep every component). Device ops only, no host sync."""
+        if y is None:
+            return joint
+        key = ("labels", joint.device, joint.dtype)
+        if key not in self._cache:
+            self._cache[key] = (self._labels.to(joint.device),
+                                torch.log(self.class_probs()).to(device=joint.device, dtype=joint.dtype))
+        lab, log_py = self._cache[key]
+        null = y == NULL_CLASS
+        keep = (lab[None, :] == y[:, None]) | null[:, None]
+        shift = torch.where(null, torch.zeros_like(log_py[:1]), log_py[y.clamp(min=0)])
+        return joint.masked_fill(~keep, -math.inf) - shift[:, None]
+
+    def _rows(self, y, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Checked labels of the rows of ``x`` (``None`` stays ``None``: the marginal)."""
+        if y is None:
+            return None
+        self._need_labels()
+        return check_labels(y, x.shape[0], x.device, self.num_classes)
+
     def _params(self, device, dtype):
         key = (device, dtype)
         p = self._cache.get(key)
@@ -137,7 +209,8 @@ class GaussianMixture:
 
     def __repr__(self):
         kind = "isotropic" if self.isotropic else "diagonal"
-        return f"GaussianMixture(K={self.n_components}, D={self.dim}, {kind})"
+        classes = f", {self.num_classes} classes" if self._labels is not None else ""
+        return f"GaussianMixture(K={self.n_components}, D={self.dim}, {kind}{classes})"
 
     # -- moments -------------------------------------------------------------------------------
     def mean(self) -> torch.Tensor:
@@ -197,23 +270,25 @@ class GaussianMixture:
         log_n = -0.5 * ((diff * z).sum(-1) + torch.log(var_t).sum(-1) + self.dim * _LOG_2PI)
         return log_w + log_n, z
 
-    def _log_prob_flat(self, xf, m=None, s=None) -> torch.Tensor:
+    def _log_prob_flat(self, xf, m=None, s=None, y=None) -> torch.Tensor:
         joint, _ = self._components(xf, m, s)
-        return torch.logsumexp(joint, dim=1)
+        return torch.logsumexp(self._class_term(y, joint), dim=1)
 
-    def _score_flat(self, xf, m=None, s=None) -> torch.Tensor:
+    def _score_flat(self, xf, m=None, s=None, y=None) -> torch.Tensor:
         joint, z = self._components(xf, m, s)
-        r = torch.softmax(joint, dim=1)  # responsibilities (B, K)
+        r = torch.softmax(self._class_term(y, joint), dim=1)  # responsibilities (B, K)
         return -(r[:, :, None] * z).sum(1)
 
     # -- public densities ----------------------------------------------------------------------
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-density of the data distribution ``p_0`` at ``x`` ``(B, *dims)``: ``(B,)`` nats."""
+    def log_prob(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """Log-density of the data distribution ``p_0`` at ``x`` ``(B, *dims)``: ``(B,)`` nats
+        (``log p_0(x | y)`` for rows with a label ``y``)."""
         check_x(x)
-        return self._log_prob_flat(self._flatten(x))
+        return self._log_prob_flat(self._flatten(x), y=self._rows(y, x))
 
-    def marginal_log_prob(self, x: torch.Tensor, t: TimeLike, sde) -> torch.Tensor:
-        """Exact ``log p_t(x)`` (nats, shape ``(B,)``) of the marginal of ``sde`` started from this mixture.
+    def marginal_log_prob(self, x: torch.Tensor, t: TimeLike, sde, y=None) -> torch.Tensor:
+        """Exact ``log p_t(x)`` (nats, shape ``(B,)``) of the marginal of ``sde`` started from this mixture
+        (``log p_t(x | y)`` for rows with a label ``y``).
 
         ``t`` is a float or a ``(B,)`` tensor in ``[0, sde.T]`` (checked).
         """
@@ -221,17 +296,22 @@ class GaussianMixture:
         xf = self._flatten(x)
         tt = as_time(t, x, sde.T)
         m, s = sde.coeffs_unchecked(tt)
-        return self._log_prob_flat(xf, m, s)
+        return self._log_prob_flat(xf, m, s, self._rows(y, x))
 
-    def score(self, x: torch.Tensor, t: TimeLike, sde) -> torch.Tensor:
-        """Exact ``grad_x log p_t(x)`` shaped like ``x`` (checked version of :meth:`score_fn`)."""
+    def score(self, x: torch.Tensor, t: TimeLike, sde, y=None) -> torch.Tensor:
+        """Exact ``grad_x log p_t(x)`` (or ``grad_x log p_t(x | y)`` for labelled rows) shaped like ``x``
+        (checked version of :meth:`score_fn`)."""
         check_x(x)
         xf = self._flatten(x)
         m, s = sde.coeffs_unchecked(as_time(t, x, sde.T))
-        return self._score_flat(xf, m, s).reshape(x.shape)
+        return self._score_flat(xf, m, s, self._rows(y, x)).reshape(x.shape)
 
-    def score_fn(self, sde) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The exact score of the marginals of ``sde``: a callable ``(x, t) -> grad_x log p_t(x)``.
+    def score_fn(self, sde) -> Callable[..., torch.Tensor]:
+        """The exact score of the marginals of ``sde``: a callable ``(x, t, y=None) -> grad_x log p_t(x)``.
+
+        For a labelled mixture, ``y`` (a ``(B,)`` long tensor on ``x``'s device, ``-1`` for the
+        marginal) gives ``grad_x log p_t(x | y)`` per row; the labels are not range-checked here
+        (no host sync), so check them once where they enter (:func:`scoresde.guidance.guided_score` does).
 
         ``x`` is ``(B, *dims)``, ``t`` a ``(B,)`` tensor (a float or 0-d tensor is broadcast); the
         result is shaped like ``x``. Closed form (responsibility-weighted component scores),
@@ -242,13 +322,17 @@ class GaussianMixture:
         """
         coeffs = sde.coeffs_unchecked
 
-        def score(x: torch.Tensor, t) -> torch.Tensor:
+        def score(x: torch.Tensor, t, y: Optional[torch.Tensor] = None) -> torch.Tensor:
             xf = self._flatten(x)
             m, s = coeffs(self._time_vector(t, x))
-            return self._score_flat(xf, m, s).reshape(x.shape)
+            if y is not None:
+                self._need_labels()
+                y = check_labels(y, x.shape[0], x.device)
+            return self._score_flat(xf, m, s, y).reshape(x.shape)
 
         score.mixture = self  # type: ignore[attr-defined]
         score.sde = sde  # type: ignore[attr-defined]
+        score.num_classes = self.num_classes  # type: ignore[attr-defined]
         return score
 
     def marginal(self, t: float, sde) -> "GaussianMixture":
@@ -265,7 +349,7 @@ class GaussianMixture:
         m, s = sde.coeffs_unchecked(as_time(t, probe, sde.T))
         m, s = m[0], s[0]
         sd = torch.sqrt(m * m * self._sd * self._sd + s * s)
-        return GaussianMixture(self._w, m * self._mu, sd)
+        return GaussianMixture(self._w, m * self._mu, sd, self._labels)
 
     # -- components ----------------------------------------------------------------------------
     def responsibilities(self, x: torch.Tensor, t: Optional[TimeLike] = None, sde=None) -> torch.Tensor:
@@ -290,7 +374,7 @@ class GaussianMixture:
         return self.responsibilities(x, t, sde).argmax(dim=1)
 
     # -- sampling ------------------------------------------------------------------------------
-    def _sample(self, n, generator=None, device=None, dtype=None, shape=None):
+    def _sample(self, n, generator=None, device=None, dtype=None, shape=None, y=None):
         check_int("n", n)
         if shape is None:
             shape = (self.dim,)
@@ -302,7 +386,13 @@ class GaussianMixture:
             device = generator.device if generator is not None else torch.device("cpu")
         dtype = torch.get_default_dtype() if dtype is None else dtype
         w = self._w.to(device=device)
-        k = torch.multinomial(w, n, replacement=True, generator=generator)
+        if y is None:
+            k = torch.multinomial(w, n, replacement=True, generator=generator)
+        else:  # each row from its class's components (the marginal's for NULL_CLASS)
+            self._need_labels()
+            y = check_labels(y, n, device, self.num_classes)
+            keep = (self._labels.to(device)[None, :] == y[:, None]) | (y == NULL_CLASS)[:, None]
+            k = torch.multinomial(w[None, :] * keep, 1, generator=generator).squeeze(1)
         z = torch.randn((n, self.dim), generator=generator, device=device, dtype=dtype)
         mu = self._mu.to(device=device, dtype=dtype)
         sd = torch.sqrt(self._var).to(device=device, dtype=dtype)
@@ -310,11 +400,20 @@ class GaussianMixture:
         return x.reshape((n,) + shape), k
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, device=None,
-               dtype: Optional[torch.dtype] = None, shape: Optional[Sequence[int]] = None) -> torch.Tensor:
+               dtype: Optional[torch.dtype] = None, shape: Optional[Sequence[int]] = None,
+               y=None) -> torch.Tensor:
         """Draw ``n`` samples, returned as ``(n, *shape)`` (default ``shape = (D,)``).
 
         Random numbers come from ``generator`` on ``device`` (by default the generator's device,
         else the CPU); ``dtype`` defaults to torch's default dtype. Components are drawn with
-        ``torch.multinomial``, then ``x = mu_k + sigma_k * z``.
+        ``torch.multinomial``, then ``x = mu_k + sigma_k * z``. With ``y`` (an int or ``(n,)``
+        labels; ``-1`` for the marginal) row ``i`` is drawn from ``p(x | y_i)``.
         """
-        return self._sample(n, generator, device, dtype, shape)[0]
+        return self._sample(n, generator, device, dtype, shape, y)[0]
+
+    def sample_labelled(self, n: int, generator: Optional[torch.Generator] = None, device=None,
+                        dtype: Optional[torch.dtype] = None) -> tuple:
+        """``n`` draws ``(x, y)`` of the joint ``p(x, y)``: ``x`` ``(n, D)`` and its class ``y`` ``(n,)`` long."""
+        self._need_labels()
+        x, k = self._sample(n, generator, device, dtype)
+        return x, self._labels.to(k.device)[k]
