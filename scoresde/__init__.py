@@ -10,6 +10,7 @@ from .likelihood import (BoundEvaluation, BoundResult, BPDResult, LikelihoodResu
                          evaluate_bounds, evaluate_bpd, log_likelihood, ToleranceChoice, variational_bound)
 from .losses import dsm_loss, importance_density, loss_weight, sample_importance_time
 from .metrics import (
+    ClassAccuracy,
     DigitsClassifier,
     GaussianStats,
     KIDResult,
@@ -17,6 +18,7 @@ from .metrics import (
     PrecisionRecall,
     SampleQuality,
     calibrate_threshold,
+    class_accuracy,
     digits_classifier,
     digits_features,
     energy_distance,
@@ -78,6 +80,7 @@ __all__ = [
     "energy_distance", "mmd", "null_distribution", "calibrate_threshold", "moment_errors", "MomentErrors",
     "sample_quality", "SampleQuality", "frechet_distance", "feature_statistics", "GaussianStats", "kid", "KIDResult",
     "precision_recall", "PrecisionRecall", "digits_classifier", "digits_features", "DigitsClassifier",
+    "class_accuracy", "ClassAccuracy",
     # files
     "atomic_write", "atomic_write_with",
 ]
