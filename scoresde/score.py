@@ -33,10 +33,16 @@ with ``eps_scale = 1, -s, -m/s, m/r`` for ``eps, score, x0, v``. :mod:`scoresde.
 compute the score-matching residual in the network's own units, free of cancellation.
 
 The network time (what the network is told about ``t``) is chosen in one place, :meth:`ScoreModel.net_time`.
+
+Class-conditional models (Ho & Salimans 2022, "Classifier-free diffusion guidance"): every method
+takes ``y=None`` (a ``(B,)`` integer tensor of labels, ``-1`` = ``NULL_CLASS`` = no label) and
+passes it to the network, ``net(x, t_net, y=y)``; the table above then holds for the conditional
+distribution, ``score(x, t, y) = grad_x log p_t(x | y)``, with ``y = None`` (or all ``-1``) the
+unconditional ``grad_x log p_t(x)`` of the same network.
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -56,7 +62,8 @@ class ScoreModel(nn.Module):
     Args:
         net: a module called as ``net(x, t_net)`` with ``x`` of shape ``(B, *dims)`` and ``t_net``
             of shape ``(B,)``, returning a tensor shaped like ``x`` (e.g. :class:`scoresde.nets.MLPScoreNet`,
-            :class:`scoresde.nets.UNet`).
+            :class:`scoresde.nets.UNet`); a conditional one (attribute ``num_classes > 0``) is also
+            called as ``net(x, t_net, y=y)``.
         sde: the forward SDE, which gives ``m(t), s(t)`` through ``sde.coeffs_unchecked``.
         parameterization: ``"eps"``, ``"score"``, ``"x0"`` or ``"v"`` (module docstring).
         time_input: what the network sees as time (:meth:`net_time`):
@@ -75,12 +82,20 @@ class ScoreModel(nn.Module):
             The resolved choice is stored in :attr:`time_input`.
         time_scale: the factor of ``"scaled_t"`` (default 999).
 
-    Calling the model, ``model(x, t)``, returns the score (as :meth:`score` and its alias
+    Calling the model, ``model(x, t, y=None)``, returns the score (as :meth:`score` and its alias
     :meth:`score_fn` do), so the model itself can be passed wherever a ``score_fn`` is expected;
     :meth:`net_output` is the raw network output, which :meth:`eps` and :meth:`denoise` convert. ``t`` is a ``(B,)`` tensor or a number; these
     methods do no host synchronisation and do not check the range of ``t`` (solvers may probe
     slightly outside ``[0, T]``), so they can run inside sampling loops. The network must not be
     evaluated at ``t = 0`` for VP-type SDEs (``s(0) = 0``): samplers and losses use ``t >= eps > 0``.
+
+    Class labels: every method takes ``y=None``; ``y`` is a ``(B,)`` integer tensor on ``x``'s
+    device, labels ``0 .. num_classes - 1`` or ``-1`` (:data:`~scoresde._utils.NULL_CLASS`, that row
+    unconditional); ``y=None`` is the unconditional score (the network is called as ``net(x, t_net)``,
+    which a conditional network reads as all rows ``-1``). The shape, dtype and device of ``y`` are
+    checked by the network without host synchronisation; its values are not (check them once with
+    :func:`scoresde._utils.check_labels`). ``y`` given to an unconditional model
+    (:attr:`num_classes` ``== 0``) is a ``ValueError``.
     """
 
     def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "eps",
@@ -141,12 +156,25 @@ class ScoreModel(nn.Module):
         return self.sde.log_snr_unchecked(t)  # "log_snr"
 
     # -- network ---------------------------------------------------------------------------------
-    def net_output(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        """Raw network output ``net(x, net_time(t))`` (the parameterization's quantity), shaped like ``x``."""
+    @property
+    def num_classes(self) -> int:
+        """The number of classes of a conditional network (``net.num_classes``); 0: unconditional."""
+        return int(getattr(self.net, "num_classes", 0) or 0)
+
+    def net_output(self, x: torch.Tensor, t: TimeLike, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Raw network output ``net(x, net_time(t))`` (``net(x, net_time(t), y=y)`` with labels; the
+        parameterization's quantity), shaped like ``x``."""
         check_x(x)
         self._check_like_net(x)
         t = self._time(t, x)
-        out = self.net(x, self.net_time(t))
+        if y is None:
+            out = self.net(x, self.net_time(t))
+        elif self.num_classes == 0:
+            raise ValueError("this ScoreModel is unconditional (its network has num_classes=0) but was given class "
+                             "labels y: pass y=None, or train a conditional model (a network built with "
+                             "num_classes=K; TrainConfig(num_classes=K))")
+        else:
+            out = self.net(x, self.net_time(t), y=y)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the network must return a tensor shaped like x {tuple(x.shape)}, got {got}")
@@ -165,9 +193,10 @@ class ScoreModel(nn.Module):
             raise ValueError(f"x is on {x.device} but the network is on {p.device}: pass x.to('{p.device}') "
                              f"(for sampling: device='{p.device}'), or move the model with model.to('{x.device}')")
 
-    def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        """The score ``grad_x log p_t(x)`` (same as :meth:`score`), so the model itself is a ``score_fn``."""
-        return self.score(x, t)
+    def forward(self, x: torch.Tensor, t: TimeLike, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The score ``grad_x log p_t(x)`` (``grad_x log p_t(x | y)`` with labels; same as :meth:`score`),
+        so the model itself is a ``score_fn``."""
+        return self.score(x, t, y)
 
     def _broadcast_coeffs(self, t: torch.Tensor, ndim: int):
         m, s = self.sde.coeffs_unchecked(t)
@@ -204,25 +233,27 @@ class ScoreModel(nn.Module):
         return -self._eps_from(out, x, m, s) / s
 
     # -- conversions -----------------------------------------------------------------------------
-    def score(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        """``grad_x log p_t(x)`` as the model estimates it; shaped like ``x``."""
-        out = self.net_output(x, t)
+    def score(self, x: torch.Tensor, t: TimeLike, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``grad_x log p_t(x)`` (``grad_x log p_t(x | y)`` given labels ``y``) as the model estimates
+        it; shaped like ``x``."""
+        out = self.net_output(x, t, y)
         m, s = self._broadcast_coeffs(self._time(t, x), x.ndim)
         return self._score_from(out, x, m, s)
 
-    def score_fn(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        """Same as :meth:`score`: pass ``model.score_fn`` wherever a ``score_fn(x, t)`` is expected."""
-        return self.score(x, t)
+    def score_fn(self, x: torch.Tensor, t: TimeLike, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Same as :meth:`score`: pass ``model.score_fn`` wherever a ``score_fn(x, t)`` (or a
+        conditional ``score_fn(x, t, y=labels)``) is expected."""
+        return self.score(x, t, y)
 
-    def eps(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        """Noise estimate ``eps_hat = E[z | x_t = x] = -s(t) score``; shaped like ``x``."""
-        out = self.net_output(x, t)
+    def eps(self, x: torch.Tensor, t: TimeLike, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Noise estimate ``eps_hat = E[z | x_t = x (, y)] = -s(t) score``; shaped like ``x``."""
+        out = self.net_output(x, t, y)
         m, s = self._broadcast_coeffs(self._time(t, x), x.ndim)
         return self._eps_from(out, x, m, s)
 
-    def denoise(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        """Data estimate ``x0_hat = E[x_0 | x_t = x] = (x + s^2 score) / m`` (Tweedie); shaped like ``x``."""
-        out = self.net_output(x, t)
+    def denoise(self, x: torch.Tensor, t: TimeLike, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Data estimate ``x0_hat = E[x_0 | x_t = x (, y)] = (x + s^2 score) / m`` (Tweedie); shaped like ``x``."""
+        out = self.net_output(x, t, y)
         m, s = self._broadcast_coeffs(self._time(t, x), x.ndim)
         return self._x0_from(out, x, m, s)
 
@@ -259,4 +290,5 @@ class ScoreModel(nn.Module):
 
     def extra_repr(self) -> str:
         ti = self.time_input if isinstance(self.time_input, str) else getattr(self.time_input, "__name__", "callable")
-        return f"sde={self.sde!r}, parameterization={self.parameterization!r}, time_input={ti!r}"
+        cond = f", num_classes={self.num_classes}" if self.num_classes else ""
+        return f"sde={self.sde!r}, parameterization={self.parameterization!r}, time_input={ti!r}{cond}"

@@ -243,3 +243,103 @@ def test_unet_gradients_reach_every_parameter():
     net, size = small_unet("digits8")
     x = torch.randn(3, 1, size, size, generator=gen(8))
     _assert_all_grads(net, net(x, torch.tensor([3.0, 300.0, 700.0])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Class-conditional networks (Ho & Salimans 2022: one network, a learned class embedding with a
+# null class added to the time embedding).
+# ---------------------------------------------------------------------------------------------
+from scoresde._utils import NULL_CLASS  # noqa: E402
+from scoresde.nets import ClassEmbedding  # noqa: E402
+
+
+def test_class_embedding_is_a_table_lookup_with_the_null_class_last():
+    """Row k of the table for label k, the last row (index K) for NULL_CLASS and for y=None."""
+    emb = ClassEmbedding(3, 4)
+    W = emb.table.weight
+    assert W.shape == (4, 4)
+    out = emb(torch.tensor([0, 2, NULL_CLASS, 1]), 4, torch.device("cpu"))
+    assert torch.equal(out, W[[0, 2, 3, 1]])
+    assert torch.equal(emb(None, 2, torch.device("cpu")), W[[3, 3]])
+    with pytest.raises(ValueError, match="num_classes"):
+        ClassEmbedding(0, 4)
+
+
+def _cond_nets(K=3):
+    mlp = MLPScoreNet(2, hidden=16, depth=2, emb_dim=8, num_classes=K)
+    # norm_groups=4: two channels or more per GroupNorm group. With one channel per group (8 channels,
+    # up to 32 groups) GroupNorm removes the per-channel shift that carries the time and class input.
+    unet = UNet(in_channels=1, channels=8, image_size=8, num_classes=K, norm_groups=4).eval()
+    return [(mlp, torch.randn(5, 2, generator=gen(11))), (unet, torch.randn(5, 1, 8, 8, generator=gen(12)))]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["mlp", "unet"])
+def test_labels_change_the_output_row_by_row_and_none_is_the_null_class(which):
+    net, x = _cond_nets()[which]
+    assert net.num_classes == 3
+    t = torch.tensor([1.0, 100.0, 300.0, 600.0, 900.0])
+    y = torch.tensor([0, 1, 2, NULL_CLASS, 1])
+    base = net(x, t, y)
+    # y=None is the null class for every row, bitwise
+    assert torch.equal(net(x, t), net(x, t, torch.full((5,), NULL_CLASS)))
+    # changing the label of row 0 changes row 0 only (each row reads its own label)
+    y2 = y.clone()
+    y2[0] = 2
+    other = net(x, t, y2)
+    assert not torch.allclose(other[0], base[0])
+    torch.testing.assert_close(other[1:], base[1:], rtol=1e-5, atol=1e-6)
+    # every pair of distinct labels (null included) gives a distinct output at the same (x, t)
+    outs = [net(x, t, torch.full((5,), k)) for k in (0, 1, 2, NULL_CLASS)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert float((outs[i] - outs[j]).detach().abs().max()) > 1e-4, (i, j)
+
+
+def test_a_zero_class_embedding_leaves_the_unconditional_network():
+    """The class input is added to the time features: with the table set to zero, a conditional
+    network is the unconditional one of the same seed (whose initialisation the class input does
+    not change: the table is created last), for every label."""
+    for make, x in ((lambda k: MLPScoreNet(2, 16, 2, "sinusoidal", 8, num_classes=k), torch.randn(4, 2)),
+                    (lambda k: UNet(1, 8, image_size=8, num_classes=k), torch.randn(4, 1, 8, 8))):
+        torch.manual_seed(5)
+        plain = make(0)
+        torch.manual_seed(5)
+        cond = make(4)
+        assert plain.num_classes == 0 and "class_embed.table.weight" not in plain.state_dict()
+        shared = {k: v for k, v in cond.state_dict().items() if not k.startswith("class_embed.")}
+        assert shared.keys() == plain.state_dict().keys()
+        for k, v in plain.state_dict().items():
+            assert torch.equal(v, shared[k]), k
+        nn.init.zeros_(cond.class_embed.table.weight)
+        t = torch.tensor([3.0, 200.0, 500.0, 999.0])
+        assert torch.equal(cond(x, t, torch.tensor([0, 3, NULL_CLASS, 1])), plain(x, t))
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["mlp", "unet"])
+def test_label_input_checks(which):
+    net, x = _cond_nets()[which]
+    t = torch.ones(5)
+    with pytest.raises(TypeError, match="integer"):
+        net(x, t, torch.zeros(5))
+    with pytest.raises(TypeError, match="integer"):
+        net(x, t, torch.zeros(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"shape \(5,\)"):
+        net(x, t, torch.zeros(5, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="is on meta"):
+        net(x, t, torch.zeros(5, dtype=torch.long, device="meta"))
+    with pytest.raises(TypeError, match="tensor"):
+        net(x, t, [0, 1, 2, 0, 1])
+    assert net(x, t, torch.zeros(5, dtype=torch.int32)).shape == x.shape  # any integer dtype
+    plain = (MLPScoreNet(2, hidden=8, depth=1, emb_dim=8) if which == 0 else UNet(1, 8, image_size=8))
+    with pytest.raises(ValueError, match="num_classes=0"):
+        plain(x, t, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_classes"):
+        MLPScoreNet(2, num_classes=-1)
+
+
+def test_conditional_gradients_reach_the_rows_in_use_only():
+    net = MLPScoreNet(2, hidden=16, depth=2, emb_dim=8, num_classes=4)
+    y = torch.tensor([0, 2, NULL_CLASS, 2])
+    net(torch.randn(4, 2, generator=gen(13)), torch.rand(4, generator=gen(14)) * 999, y).square().mean().backward()
+    g = net.class_embed.table.weight.grad.abs().sum(dim=1)
+    assert bool((g[[0, 2, 4]] > 0).all()) and bool((g[[1, 3]] == 0).all())

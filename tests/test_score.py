@@ -253,3 +253,96 @@ def test_passing_the_score_model_itself_uses_its_score():
         # the raw eps output, read independently of score(): score = -eps / s
         torch.testing.assert_close(model(x, t), -model.net(x, 999.0 * t) / std[:, None])
         assert torch.equal(model.net_output(x, t), model.net(x, 999.0 * t))
+
+
+# ---------------------------------------------------------------------------------------------
+# Class labels (Ho & Salimans 2022): y is passed through to the network.
+# ---------------------------------------------------------------------------------------------
+NULL = -1  # scoresde._utils.NULL_CLASS, the label "no label"
+
+
+def component_posterior(mix, sde, x, t, k):
+    """E[x_0 | x_t, y = k] for data of class k = component k alone, N(mu_k, diag(S_k)) (Bishop 2006,
+    eq. 2.116), and the exact conditional score -(x - m mu_k) / (m^2 S_k + s^2)."""
+    m, s = coeffs(sde, t)
+    mu, S = mix.means[k].to(x.dtype), mix.variances[k].to(x.dtype)
+    x0 = mu + S * m / (m * m * S + s * s) * (x - m * mu)
+    return x0, -(x - m * mu) / (m * m * S + s * s)
+
+
+class CondOracle(Oracle):
+    """A perfect conditional network: class k is component k of the mixture; NULL rows (and y=None)
+    get the mixture's own prediction."""
+
+    def __init__(self, mix, sde, kind):
+        super().__init__(mix, sde, kind)
+        self.num_classes = mix.means.shape[0]
+        self.seen = []
+
+    def forward(self, x, t, y=None):
+        self.seen.append(y)
+        x0, _ = posterior_means(self.mix, self.sde, x, t)
+        if y is not None:
+            for k in range(self.num_classes):
+                rows = y == k
+                x0 = torch.where(rows[:, None], component_posterior(self.mix, self.sde, x, t, k)[0], x0)
+        m, s = coeffs(self.sde, t)
+        ez = (x - m * x0) / s
+        if self.kind == "eps":
+            return ez
+        if self.kind == "score":
+            return -ez / s
+        if self.kind == "x0":
+            return x0
+        r = torch.sqrt(m * m + s * s)
+        return (m * ez - s * x0) / r
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("param", PARAMS)
+def test_labels_reach_the_network_and_give_the_conditional_score(sde_name, param):
+    mix, sde = mixture_2d(), SDES[sde_name]()
+    K = mix.means.shape[0]
+    _, _, t, x = noisy_batch(mix, sde, 64, seed=4)
+    y = torch.arange(64) % (K + 1) - 1  # every class and NULL
+    net = CondOracle(mix, sde, param)
+    model = ScoreModel(net, sde, param, time_input="t")
+    assert model.num_classes == K
+    got = model.score(x, t, y)
+    exact_null = mix.score_fn(sde)(x, t)
+    for k in range(-1, K):
+        rows = y == k
+        want = exact_null[rows] if k == NULL else component_posterior(mix, sde, x[rows], t[rows], k)[1]
+        torch.testing.assert_close(got[rows], want, rtol=1e-7, atol=1e-9)
+    assert net.seen[-1] is y
+    # every method passes y on; y=None calls net(x, t_net) (the unconditional score)
+    assert torch.equal(model(x, t, y), got) and torch.equal(model.score_fn(x, t, y), got)
+    x0k = torch.stack([component_posterior(mix, sde, x[i:i + 1], t[i:i + 1], int(y[i]))[0][0] if y[i] >= 0
+                       else posterior_means(mix, sde, x[i:i + 1], t[i:i + 1])[0][0] for i in range(64)])
+    torch.testing.assert_close(model.denoise(x, t, y), x0k, rtol=1e-7, atol=1e-7)
+    m, s = coeffs(sde, t)
+    torch.testing.assert_close(model.eps(x, t, y), -s * got, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(model.score(x, t), exact_null, rtol=1e-7, atol=1e-9)
+    assert net.seen[-1] is None
+
+
+def test_num_classes_and_labels_for_an_unconditional_model():
+    sde = VPSDE()
+    cond = ScoreModel(MLPScoreNet(2, hidden=8, depth=1, emb_dim=8, num_classes=5), sde)
+    plain = ScoreModel(MLPScoreNet(2, hidden=8, depth=1, emb_dim=8), sde)
+    assert cond.num_classes == 5 and plain.num_classes == 0 and "num_classes=5" in repr(cond)
+
+    class Bare(nn.Module):  # a custom network with no num_classes attribute and no y argument
+        def forward(self, x, t_net):
+            return -x
+
+    bare = ScoreModel(Bare(), sde, "score")
+    assert bare.num_classes == 0
+    x = torch.randn(3, 2)
+    assert torch.equal(bare.score(x, 0.5), -x)  # called as net(x, t_net), as before
+    y = torch.tensor([0, 1, NULL])
+    for model in (plain, bare):
+        for method in (model.score, model.eps, model.denoise, model.net_output, model):
+            with pytest.raises(ValueError, match="unconditional.*num_classes"):
+                method(x, 0.5, y)
+    assert cond.score(x, 0.5, y).shape == x.shape

@@ -11,17 +11,24 @@ Two classic choices, both fixed (no trainable parameters):
 
 Which time value the network sees (``t``, ``999 t``, ``log sigma(t)``, ...) is decided in one place,
 :meth:`scoresde.score.ScoreModel.net_time`; the embeddings accept any real input.
+
+The class input of a conditional network is a learned table, :class:`ClassEmbedding`, with one
+extra "null" row for the unconditional score: classifier-free guidance (Ho & Salimans 2022,
+"Classifier-free diffusion guidance", Section 3.2) trains one network on both by replacing a
+label with the null class at random (label dropout, :func:`scoresde.losses.drop_labels`).
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
-
-from .._utils import is_int
 from torch import nn
 
-__all__ = ["SinusoidalEmbedding", "GaussianFourierEmbedding", "make_embedding", "EMBEDDINGS"]
+from .._utils import NULL_CLASS, check_int, is_int
+
+__all__ = ["SinusoidalEmbedding", "GaussianFourierEmbedding", "make_embedding", "EMBEDDINGS", "ClassEmbedding",
+           "class_features"]
 
 EMBEDDINGS = ("sinusoidal", "fourier")
 
@@ -131,3 +138,60 @@ def make_embedding(kind: str, dim: int, *, max_period: float = 10000.0, fourier_
     if kind == "fourier":
         return GaussianFourierEmbedding(dim, fourier_scale, seed)
     raise ValueError(f"unknown embedding {kind!r}; choose one of {EMBEDDINGS}")
+
+
+class ClassEmbedding(nn.Module):
+    """A learned class embedding with a null class: ``num_classes + 1`` rows of size ``dim``.
+
+    Row ``k`` (``0 <= k < num_classes``) is class ``k``; the last row, ``num_classes``, is the null
+    class, used for the label :data:`~scoresde._utils.NULL_CLASS` (``-1``) and for ``y=None``
+    (every row unconditional). So ``emb(None)`` equals ``emb(full(NULL_CLASS))`` bitwise, and one
+    network holds both the conditional score ``score(x, t | y)`` and the unconditional one
+    ``score(x, t)`` that classifier-free guidance combines (Ho & Salimans 2022, Algorithm 1:
+    ``c = null`` with probability ``p_uncond`` during training). The rows are initialised
+    ``N(0, 1)`` (``nn.Embedding``'s default) and trained with the network.
+
+    ``forward(y, batch, device)``: ``y`` ``None`` or a ``(batch,)`` integer tensor on ``device``
+    with values in ``0 .. num_classes - 1`` or ``-1``; returns ``(batch, dim)``. Only Python-side
+    checks (type, shape, dtype, device; no host synchronisation), so it runs inside sampling
+    loops; a value out of range fails in the table lookup (validate labels once, at the public
+    entry point, with :func:`scoresde._utils.check_labels`).
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = check_int("num_classes", num_classes, 1)
+        self.dim = check_int("dim", dim)
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: Optional[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
+        if y is None:
+            idx = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        else:
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(f"y must be a ({batch},) tensor of integer class labels or None, got "
+                                f"{type(y).__name__}")
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}; pass y.long()")
+            if tuple(y.shape) != (batch,):
+                raise ValueError(f"y must have shape ({batch},), one label per sample, got shape {tuple(y.shape)}")
+            if y.device != torch.device(device):
+                raise ValueError(f"y is on {y.device} but x is on {device}; pass y.to(x.device)")
+            y = y.long()
+            idx = torch.where(y == NULL_CLASS, torch.full_like(y, self.num_classes), y)
+        return self.table(idx)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes} (+1 null), dim={self.dim}"
+
+
+def class_features(embed: Optional[ClassEmbedding], y: Optional[torch.Tensor], x: torch.Tensor,
+                   net: str) -> Optional[torch.Tensor]:
+    """The class features ``(B, dim)`` of a network's class input ``y`` (``None`` for an
+    unconditional network, ``embed is None``, where a given ``y`` is a ``ValueError``)."""
+    if embed is None:
+        if y is not None:
+            raise ValueError(f"this {net} is unconditional (built with num_classes=0) but was given class labels "
+                             f"y; build it with num_classes=K to train a class-conditional model, or pass y=None")
+        return None
+    return embed(y, x.shape[0], x.device)

@@ -4,7 +4,10 @@ The architecture follows the DDPM U-Net of Ho, Jain & Abbeel (2020), "Denoising 
 probabilistic models", Appendix B (itself a PixelCNN++ / Wide-ResNet backbone), scaled down:
 
 * a time embedding ``emb(t_net)`` (sinusoidal or Gaussian-Fourier) passed through a two-layer SiLU
-  MLP to ``4 * channels`` features;
+  MLP to ``4 * channels`` features; a conditional U-Net (``num_classes = K > 0``) adds a learned
+  class embedding ``C[y]`` of the same size *after* the time MLP, ``e = MLP(emb(t_net)) + C[y]``
+  (:class:`~scoresde.nets.embedding.ClassEmbedding`, ``K + 1`` rows, the last the null class), as
+  the class-conditional U-Nets of Dhariwal & Nichol (2021) and Ho & Salimans (2022) do;
 * residual blocks ``x + conv(SiLU(GN(conv(SiLU(GN(x))) + P e)))`` where ``P e`` is the projected
   time embedding added per channel, with an optional dropout before the second convolution;
 * single-head (or multi-head) self-attention blocks at the listed spatial resolutions and always
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._utils import append_dims, check_int, check_probability, is_int
-from .embedding import make_embedding
+from .embedding import ClassEmbedding, class_features, make_embedding
 
 __all__ = ["UNet"]
 
@@ -113,17 +116,22 @@ class UNet(nn.Module):
         num_heads: attention heads; must divide the channels of every attention level.
         norm_groups: at most this many GroupNorm groups (the largest divisor of the width <= it).
         max_period, fourier_scale, seed: passed to the embedding.
+        num_classes: ``0`` (default): unconditional; ``K > 0``: class-conditional on labels ``0..K-1``
+            (and :data:`~scoresde._utils.NULL_CLASS` ``-1``, no label). Stored as :attr:`num_classes`.
 
-    ``forward(x, t_net)``: ``x`` of shape ``(B, C, H, W)``, ``t_net`` of shape ``(B,)``; returns a
-    tensor of shape ``(B, out_channels, H, W)``.
+    ``forward(x, t_net, y=None)``: ``x`` of shape ``(B, C, H, W)``, ``t_net`` of shape ``(B,)``,
+    ``y`` ``None`` (unconditional: the null class) or a ``(B,)`` integer tensor of labels on
+    ``x``'s device (a conditional U-Net only; an unconditional one given ``y`` raises
+    ``ValueError``); returns a tensor of shape ``(B, out_channels, H, W)``.
     """
 
     def __init__(self, in_channels: int = 1, channels: int = 32, channel_mults: Sequence[int] = (1, 2),
                  num_res_blocks: int = 1, attn_resolutions: Sequence[int] = (), dropout: float = 0.0,
                  embedding: str = "sinusoidal", image_size: Optional[Union[int, Sequence[int]]] = None, *,
                  out_channels: Optional[int] = None, num_heads: int = 1, norm_groups: int = 32,
-                 max_period: float = 10000.0, fourier_scale: float = 16.0, seed: int = 0):
+                 max_period: float = 10000.0, fourier_scale: float = 16.0, seed: int = 0, num_classes: int = 0):
         super().__init__()
+        self.num_classes = check_int("num_classes", num_classes, 0)
         self.in_channels = check_int("in_channels", in_channels)
         self.out_channels = check_int("out_channels", in_channels if out_channels is None else out_channels)
         self.channels = check_int("channels", channels)
@@ -206,6 +214,7 @@ class UNet(nn.Module):
         assert not skips
         self.out = nn.Sequential(nn.GroupNorm(_num_groups(cur, norm_groups), cur), nn.SiLU(),
                                  nn.Conv2d(cur, self.out_channels, 3, padding=1))
+        self.class_embed = ClassEmbedding(num_classes, temb_dim) if num_classes else None
 
     def _check_divisible(self, hw):
         if hw[0] % self.factor or hw[1] % self.factor:
@@ -214,7 +223,7 @@ class UNet(nn.Module):
                 f"(channel_mults={self.channel_mults}): H and W must be divisible by {self.factor}; "
                 "use fewer channel_mults or pad the images")
 
-    def forward(self, x: torch.Tensor, t_net: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t_net: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be a tensor of shape (B, C, H, W), got {got}")
@@ -229,6 +238,9 @@ class UNet(nn.Module):
             raise ValueError(f"t_net must be a tensor of shape ({x.shape[0]},) (one time per sample), got {got}")
 
         temb = self.time_mlp(self.embed(t_net.to(x.dtype)))
+        c = class_features(self.class_embed, y, x, "UNet")
+        if c is not None:
+            temb = temb + c.to(temb.dtype)
         h = self.conv_in(x)
         stack = [h]
         for blocks in self.down:
@@ -246,4 +258,5 @@ class UNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, channels={self.channels}, channel_mults={self.channel_mults}, "
-                f"attn_resolutions={self.attn_resolutions}, image_size={self.image_size}")
+                f"attn_resolutions={self.attn_resolutions}, image_size={self.image_size}"
+                + (f", num_classes={self.num_classes}" if self.num_classes else ""))
