@@ -41,6 +41,12 @@ with the SDE's own numerically careful :meth:`~scoresde.sde.SDE.log_snr_inverse`
   2 log(sigma_max/sigma_min) / T`` is constant, so ``q`` is uniform on ``[eps, T]`` (uniform in ``log sigma``).
 
 The uniform draws and the inversion are done in float64 and the times are then cast to the data's dtype.
+
+Class-conditional models are trained on ``E || score(x_t, t, c) + z / s ||^2`` with ``c = y`` and,
+with probability ``p_uncond``, ``c = NULL_CLASS`` (label dropout, :func:`drop_labels`): one network
+then learns the conditional score ``grad log p_t(x | y)`` and the unconditional ``grad log p_t(x)``
+that classifier-free guidance combines (Ho & Salimans 2022, "Classifier-free diffusion
+guidance", Algorithm 1; they use ``p_uncond`` 0.1 or 0.2).
 """
 from __future__ import annotations
 
@@ -48,12 +54,13 @@ from typing import Optional, Union
 
 import torch
 
-from ._utils import append_dims, as_time, check_choice, check_eps, check_finite, check_int, check_x
+from ._utils import (NULL_CLASS, append_dims, as_time, check_choice, check_eps, check_finite, check_int, check_labels,
+                     check_probability, check_x)
 from .score import ScoreModel
 from .scorefn import ScoreFn
 from .sde import SDE
 
-__all__ = ["dsm_loss", "draw_times", "importance_density", "sample_importance_time", "loss_weight",
+__all__ = ["dsm_loss", "draw_times", "drop_labels", "importance_density", "sample_importance_time", "loss_weight",
            "WEIGHTINGS", "TIME_SAMPLERS", "REDUCTIONS"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
@@ -142,6 +149,26 @@ def _importance_from_uniform(sde: SDE, u: torch.Tensor, eps: float) -> torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------
+# Label dropout.
+# ---------------------------------------------------------------------------------------------
+def drop_labels(y: torch.Tensor, p_uncond: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Label dropout of classifier-free guidance (Ho & Salimans 2022, Algorithm 1): each label of
+    ``y`` ``(B,)`` is replaced by :data:`~scoresde._utils.NULL_CLASS` (``-1``) independently with
+    probability ``p_uncond``; returns a new ``(B,)`` tensor. The package's one place for it.
+
+    One ``float64`` uniform ``u_i`` per label is drawn from ``generator`` on ``y``'s device and
+    label ``i`` is dropped where ``u_i < p_uncond``; nothing is drawn when ``p_uncond == 0`` (the
+    labels are returned unchanged and the generator is not advanced). Unchecked beyond
+    ``p_uncond`` (callers validate ``y``); no host synchronisation.
+    """
+    p = check_probability("p_uncond", p_uncond, hi_open=True)
+    if p == 0.0:
+        return y
+    u = torch.rand(y.shape, generator=generator, device=y.device, dtype=torch.float64)
+    return torch.where(u < p, torch.full_like(y, NULL_CLASS), y)
+
+
+# ---------------------------------------------------------------------------------------------
 # The loss.
 # ---------------------------------------------------------------------------------------------
 def loss_weight(sde: SDE, t: torch.Tensor, weighting: str = "sigma2") -> torch.Tensor:
@@ -156,14 +183,18 @@ def loss_weight(sde: SDE, t: torch.Tensor, weighting: str = "sigma2") -> torch.T
 def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma2",
              time_sampler: str = "uniform", eps: float = 1e-5, reduce: str = "mean",
              generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None,
-             noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+             noise: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
+             p_uncond: float = 0.0) -> torch.Tensor:
     """Per-sample denoising score-matching losses, shape ``(B,)`` (module docstring for the maths).
 
-    For each sample: ``t`` from ``time_sampler`` on ``[eps, T]``, ``z ~ N(0, I)`` (both drawn with
-    ``generator`` on ``x0``'s device, ``t`` first), ``x_t = m(t) x0 + s(t) z``, and
+    For each sample: ``t`` from ``time_sampler`` on ``[eps, T]``, ``z ~ N(0, I)``, the label
+    ``c`` (``y``, dropped to ``NULL_CLASS`` with probability ``p_uncond``), all drawn with
+    ``generator`` on ``x0``'s device in this order -- ``t``, then ``z``, then the dropout uniforms
+    (:func:`drop_labels`), so that adding labels leaves the ``t`` and ``z`` of a call unchanged --
+    ``x_t = m(t) x0 + s(t) z``, and
 
-        loss = w(t) lambda(t) || score(x_t, t) + z / s(t) ||^2
-             = w(t) (lambda(t) / s(t)^2) || s(t) score(x_t, t) + z ||^2,
+        loss = w(t) lambda(t) || score(x_t, t, c) + z / s(t) ||^2
+             = w(t) (lambda(t) / s(t)^2) || s(t) score(x_t, t, c) + z ||^2,
 
     with ``w = 1`` for ``"uniform"`` and ``w = 1 / ((T - eps) q(t))`` for ``"importance"``, so that
     both samplers estimate ``E_{t ~ U[eps, T]} E[lambda ||score + z/s||^2]``. The squared norm is
@@ -172,7 +203,8 @@ def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, w
     Args:
         model: a :class:`~scoresde.score.ScoreModel` (the residual is computed in the network's own
             units, ``s score + z = -eps_scale(t) (out - target)``, without cancellation) or any
-            ``score_fn(x, t)`` returning a tensor shaped like ``x``.
+            ``score_fn(x, t)`` returning a tensor shaped like ``x`` (called as ``score_fn(x, t, y=c)``
+            when labels are given).
         sde: the forward SDE (must be the model's SDE for a ``ScoreModel``).
         x0: data ``(B, *dims)``, finite.
         weighting: ``"sigma2"`` (``lambda = s^2``) or ``"likelihood"`` (``lambda = g^2``).
@@ -183,6 +215,9 @@ def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, w
         t: optional fixed times ``(B,)`` (or a number) in ``(0, T]``; then no time is drawn and
             ``w = 1`` (the integrand at those times). Not allowed with ``time_sampler="importance"``.
         noise: optional fixed ``z`` shaped like ``x0``.
+        y: optional class labels ``(B,)`` (integers, ``-1`` = no label) of a conditional model;
+            for a ``ScoreModel`` their range is checked against its ``num_classes``.
+        p_uncond: label-dropout probability in ``[0, 1)`` (Ho & Salimans 2022); needs ``y``.
 
     Returns: ``(B,)`` losses; average them for the training objective.
     """
@@ -201,6 +236,16 @@ def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, w
         raise ValueError(f"generator is on {generator.device} but x0 is on {x0.device}; "
                          "create the generator on the data's device")
     B = x0.shape[0]
+    p_uncond = check_probability("p_uncond", p_uncond, hi_open=True)
+    if y is not None:
+        k = model.num_classes if isinstance(model, ScoreModel) else None
+        if k == 0:
+            raise ValueError("labels y were given but the ScoreModel is unconditional (num_classes=0): pass y=None, "
+                             "or build a conditional network (num_classes=K)")
+        y = check_labels(y, B, x0.device, k)
+    elif p_uncond > 0:
+        raise ValueError(f"p_uncond={p_uncond} drops class labels, but no labels y were given: pass y=labels "
+                         "(a conditional model) or p_uncond=0")
 
     importance = 1.0
     if t is not None:
@@ -218,14 +263,17 @@ def dsm_loss(model: Union[ScoreModel, ScoreFn], sde: SDE, x0: torch.Tensor, *, w
     elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
         raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}")
 
+    if y is not None:
+        y = drop_labels(y, p_uncond, generator)  # drawn after t and z (docstring)
+
     m, s = sde.coeffs_unchecked(t)
     xt = append_dims(m, x0.ndim) * x0 + append_dims(s, x0.ndim) * noise
 
     if isinstance(model, ScoreModel):
-        out = model.net_output(xt, t)
+        out = model.net_output(xt, t, y)
         resid = append_dims(model.eps_scale(t), x0.ndim) * (out - model.target(x0, noise, t))
     else:
-        score = model(xt, t)
+        score = model(xt, t) if y is None else model(xt, t, y=y)
         if not isinstance(score, torch.Tensor) or score.shape != x0.shape:
             got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
             raise ValueError(f"the score function must return a tensor shaped like x0 {tuple(x0.shape)}, got {got}")

@@ -1,6 +1,7 @@
 """Shared pieces of the training tests: a tiny configuration, the metrics records, state equality."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -25,3 +26,12 @@ def _assert_same_state(a, b):
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
 
+
+
+def _labelled(ds, classes=2):
+    """``ds`` with class labels: the quantile bin of the first coordinate, ``classes`` bins (a
+    labelled copy of a toy set for class-conditional training)."""
+    def label(x):
+        edges = torch.quantile(ds.train[:, 0], torch.linspace(0, 1, classes + 1)[1:-1].to(ds.train.dtype))
+        return torch.bucketize(x[:, 0].contiguous(), edges).long()
+    return dataclasses.replace(ds, train_labels=label(ds.train), test_labels=label(ds.test))

@@ -323,3 +323,106 @@ def test_one_time_sampler_for_the_loss_and_the_training_loop():
         z = torch.randn(x0.shape, generator=g2, dtype=x0.dtype)
         fixed = dsm_loss(score, sde, x0, t=t, noise=z, eps=1e-3) * w
         torch.testing.assert_close(drawn, fixed, rtol=1e-12, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label dropout (Ho & Salimans 2022, Algorithm 1: c <- null with probability p_uncond).
+# ---------------------------------------------------------------------------------------------
+NULL = -1  # scoresde._utils.NULL_CLASS
+
+
+def test_label_dropout_frequency_matches_p_uncond():
+    """Each label is dropped independently with probability p: over n labels the dropped count is
+    Binomial(n, p), within 4 standard errors sqrt(n p (1 - p)); kept labels are unchanged; p = 0
+    drops none and draws nothing (the generator is not advanced)."""
+    from scoresde.losses import drop_labels
+
+    n = 40000
+    y = torch.arange(n) % 10
+    for p in (0.1, 0.5, 0.9):
+        out = drop_labels(y, p, gen(90))
+        dropped = out == NULL
+        assert abs(int(dropped.sum()) - n * p) < 4 * math.sqrt(n * p * (1 - p)), p
+        assert torch.equal(out[~dropped], y[~dropped])
+        # independent of the label: the rate among labels 0 and among labels 9 agree (two-sample z)
+        a, b = dropped[y == 0].double(), dropped[y == 9].double()
+        assert abs(float(a.mean() - b.mean())) < 4 * math.sqrt(2 * p * (1 - p) / a.numel())
+    g = gen(91)
+    state = g.get_state()
+    assert torch.equal(drop_labels(y, 0.0, g), y) and torch.equal(g.get_state(), state)
+    with pytest.raises(ValueError, match="p_uncond"):
+        drop_labels(y, 1.0)
+
+
+class Recorder:
+    """A conditional score function that records what the loss gives it (and returns -x)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t, y=None):
+        self.calls.append((x.clone(), t.clone(), None if y is None else y.clone()))
+        return -x
+
+
+def test_labels_are_drawn_after_the_times_and_the_noise():
+    """Adding labels leaves the t and z of a call unchanged (the recorded x_t and t are bitwise
+    those of the unconditional call); the dropout uniforms come next on the same generator, as
+    the docstring says: replaying t (float64 uniforms), z, then B float64 uniforms reproduces
+    the mask."""
+    sde = VPSDE()
+    x0 = torch.randn(256, 2, generator=gen(92))
+    y = torch.arange(256) % 3
+    plain, cond = Recorder(), Recorder()
+    a = dsm_loss(plain, sde, x0, generator=gen(93))
+    b = dsm_loss(cond, sde, x0, generator=gen(93), y=y, p_uncond=0.3)
+    (xa, ta, ya), (xb, tb, yb) = plain.calls[0], cond.calls[0]
+    assert ya is None and torch.equal(xa, xb) and torch.equal(ta, tb) and torch.equal(a, b)
+    g = gen(93)
+    torch.rand(256, generator=g, dtype=torch.float64)  # the times
+    torch.randn(x0.shape, generator=g)  # the noise
+    u = torch.rand(256, generator=g, dtype=torch.float64)
+    assert torch.equal(yb, torch.where(u < 0.3, torch.full_like(y, NULL), y))
+    assert 0 < int((yb == NULL).sum()) < 256
+    # p_uncond = 0: the labels reach the score function unchanged
+    dsm_loss(cond, sde, x0, generator=gen(93), y=y)
+    assert torch.equal(cond.calls[-1][2], y)
+
+
+def test_labels_reach_a_conditional_score_model():
+    """The loss of a conditional ScoreModel evaluates the network at the given labels: with fixed t
+    and z it equals the loss written out from the model's own score at those labels."""
+    sde = VPSDE()
+    torch.manual_seed(3)
+    model = ScoreModel(MLPScoreNet(2, hidden=16, depth=2, emb_dim=8, num_classes=3), sde, "v")
+    x0, z = torch.randn(32, 2, generator=gen(94)), torch.randn(32, 2, generator=gen(95))
+    t = 0.05 + 0.9 * torch.rand(32, generator=gen(96))
+    y = torch.arange(32) % 4 - 1
+    m, s = sde.coeffs(t)
+    xt = m[:, None] * x0 + s[:, None] * z
+    with torch.no_grad():
+        want = (s[:, None] * model.score(xt, t, y) + z).pow(2).mean(dim=1)
+        got = dsm_loss(model, sde, x0, t=t, noise=z, y=y)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        other = dsm_loss(model, sde, x0, t=t, noise=z, y=(y + 2) % 3)
+    assert float((got - other).abs().max()) > 1e-4  # the labels matter
+
+
+def test_label_errors():
+    sde = VPSDE()
+    x0 = torch.zeros(4, 2)
+    cond = ScoreModel(MLPScoreNet(2, hidden=8, depth=1, emb_dim=8, num_classes=3), sde)
+    plain = ScoreModel(MLPScoreNet(2, hidden=8, depth=1, emb_dim=8), sde)
+    y = torch.tensor([0, 1, 2, NULL])
+    with pytest.raises(ValueError, match="no labels y"):
+        dsm_loss(cond, sde, x0, p_uncond=0.1)
+    with pytest.raises(ValueError, match="p_uncond"):
+        dsm_loss(cond, sde, x0, y=y, p_uncond=1.0)
+    with pytest.raises(ValueError, match="unconditional"):
+        dsm_loss(plain, sde, x0, y=y)
+    with pytest.raises(ValueError, match=r"classes 0\.\.2"):
+        dsm_loss(cond, sde, x0, y=torch.tensor([0, 1, 3, 0]))
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        dsm_loss(cond, sde, x0, y=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        dsm_loss(cond, sde, x0, y=torch.zeros(4))

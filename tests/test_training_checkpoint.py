@@ -2,13 +2,14 @@
 refused resumes, kept copies."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 import torch
 
 from scoresde.training import CHECKPOINT_NAME, load_checkpoint, train
-from _training import _assert_same_state, _cfg, _records
+from _training import _assert_same_state, _cfg, _labelled, _records
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -48,8 +49,13 @@ def test_failed_checkpoint_write_keeps_the_old_checkpoint(tmp_path, toy, monkeyp
     assert _tmp_files(tmp_path / "run") == []
 
 
-def test_resume_is_bitwise_identical(tmp_path, toy):
-    cfg = _cfg(tmp_path, "full", eval_every=1)
+@pytest.mark.parametrize("num_classes", [0, 2], ids=["unconditional", "conditional"])
+def test_resume_is_bitwise_identical(tmp_path, toy, num_classes):
+    """Also for a class-conditional run: its labels come with the batch indices and its label-dropout
+    masks from the checkpointed generator, so a resumed run sees the same labels and masks."""
+    if num_classes:
+        toy = _labelled(toy, num_classes)
+    cfg = _cfg(tmp_path, "full", eval_every=1, num_classes=num_classes, p_uncond=0.3)
     full = train(cfg, dataset=toy, progress=False)
 
     # (a) killed by an exception at step 6: the last checkpoint is step 4
@@ -104,3 +110,15 @@ def test_keep_checkpoints_keeps_each_step(tmp_path, toy):
     assert load_checkpoint(run / "checkpoint_00000004.pt")["step"] == 4
     assert load_checkpoint(run / "checkpoint_00000008.pt")["step"] == 8
     assert load_checkpoint(run / CHECKPOINT_NAME)["step"] == 8
+
+
+def test_a_conditional_run_does_not_resume_on_other_labels(tmp_path, toy):
+    """The data fingerprint of a class-conditional run covers its labels: the same points with other
+    labels are other training data."""
+    ds = _labelled(toy, 2)
+    cfg = _cfg(tmp_path, steps=4, num_classes=2)
+    train(cfg, dataset=ds, progress=False)
+    flipped = dataclasses.replace(ds, train_labels=1 - ds.train_labels)
+    with pytest.raises(ValueError, match="other data"):
+        train(cfg.replace(steps=8), dataset=flipped, progress=False)
+    assert train(cfg.replace(steps=8), dataset=ds, progress=False).resumed_from == 4

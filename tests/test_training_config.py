@@ -27,7 +27,8 @@ def test_config_json_roundtrip_and_saved_in_run(tmp_path, toy):
 @pytest.mark.parametrize("change, words", [
     (dict(steps=-3), "steps"), (dict(batch_size=0), "batch_size"), (dict(sde="vpp"), "sde"),
     (dict(ema_decay=1.0), "ema_decay"), (dict(lr=float("nan")), "lr"), (dict(beta_min=30.0), "beta_min"),
-    (dict(emb_dim=7), "even"), (dict(net="cnn"), "net"),
+    (dict(emb_dim=7), "even"), (dict(net="cnn"), "net"), (dict(num_classes=-1), "num_classes"),
+    (dict(num_classes=2.0), "num_classes"), (dict(p_uncond=1.0), "p_uncond"), (dict(p_uncond=-0.1), "p_uncond"),
 ])
 def test_config_rejects_impossible_values(change, words):
     with pytest.raises(ValueError, match=words):
@@ -73,3 +74,21 @@ def test_the_default_parameterization_carries_x_t_through_at_high_noise():
     # exact for Gaussian data of unit variance: E[z | x_t] = s x_t / (m^2 + s^2) = s x_t for VP
     torch.testing.assert_close(eps, s[:, None] * x)
     assert float((eps - x).norm() / x.norm()) < 1e-4
+
+
+def test_conditional_fields_default_build_and_round_trip():
+    """num_classes = 0 (unconditional) and p_uncond = 0.1 (Ho & Salimans 2022) by default, also for a
+    configuration saved before the fields existed; K > 0 builds conditional networks of K + 1
+    embedding rows (the null class last) for the MLP and the U-Net."""
+    cfg = TrainConfig(hidden=8, depth=1, emb_dim=8)
+    assert cfg.num_classes == 0 and cfg.p_uncond == 0.1
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("num_classes", "p_uncond")}
+    assert TrainConfig.from_dict(old) == cfg
+    assert build_model(cfg, (2,)).num_classes == 0 and build_model(cfg, (2,)).net.class_embed is None
+    cond = cfg.replace(num_classes=10, p_uncond=0.2)
+    assert TrainConfig.from_json(cond.to_json()) == cond
+    for c, shape in ((cond, (2,)), (cond.replace(net="unet", channels=8), (1, 8, 8))):
+        model = build_model(c, shape)
+        assert model.num_classes == 10 and model.net.class_embed.table.num_embeddings == 11
+        x = torch.zeros((3, *shape))
+        assert model(x, torch.full((3,), 0.5), torch.tensor([0, 9, -1])).shape == x.shape

@@ -30,17 +30,20 @@ def build_model(cfg: TrainConfig, dataset: Union[Dataset, Sequence[int]], sde: O
     The network time follows :meth:`ScoreModel.net_time` (``"auto"``): ``999 t`` with a sinusoidal
     embedding for VP/sub-VP (Ho et al. 2020; Song et al. 2021), ``log sigma(t)`` with Gaussian
     Fourier features for VE (NCSN++). The MLP flattens any sample shape; the U-Net needs images
-    ``(C, H, W)``. Parameters are drawn from torch's global RNG (:func:`train` seeds it first).
+    ``(C, H, W)``. ``cfg.num_classes > 0`` builds a class-conditional network (a learned class
+    embedding with a null class, :class:`~scoresde.nets.ClassEmbedding`). Parameters are drawn from
+    torch's global RNG (:func:`train` seeds it first).
     """
     shape = tuple(dataset.shape) if isinstance(dataset, Dataset) else tuple(int(s) for s in dataset)
     sde = build_sde(cfg) if sde is None else sde
     embedding = "fourier" if isinstance(sde, VESDE) else "sinusoidal"
     if cfg.net == "mlp":
-        net: nn.Module = MLPScoreNet(math.prod(shape), cfg.hidden, cfg.depth, embedding, cfg.emb_dim)
+        net: nn.Module = MLPScoreNet(math.prod(shape), cfg.hidden, cfg.depth, embedding, cfg.emb_dim,
+                                      num_classes=cfg.num_classes)
     else:
         if len(shape) != 3:
             raise ValueError(f"net='unet' needs images of shape (C, H, W), but the data have shape {shape}; "
                              "use net='mlp' for vector data")
         net = UNet(shape[0], cfg.channels, cfg.channel_mults, cfg.num_res_blocks, cfg.attn_resolutions,
-                   cfg.dropout, embedding, image_size=(shape[1], shape[2]))
+                   cfg.dropout, embedding, image_size=(shape[1], shape[2]), num_classes=cfg.num_classes)
     return ScoreModel(net, sde, cfg.parameterization)

@@ -90,9 +90,11 @@ def state_checksum(obj: Any) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def data_fingerprint(x: torch.Tensor) -> str:
-    """The fingerprint of a training set: :func:`state_checksum` of its values in the training dtype."""
-    return state_checksum(x.detach().to("cpu", torch.get_default_dtype()))
+def data_fingerprint(x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> str:
+    """The fingerprint of a training set: :func:`state_checksum` of its values in the training dtype
+    (and of its labels too, for a class-conditional run that trains on them)."""
+    values = x.detach().to("cpu", torch.get_default_dtype())
+    return state_checksum(values if labels is None else [values, labels.detach().to("cpu", torch.long)])
 
 
 def save_torch(obj: Any, path: Path) -> None:

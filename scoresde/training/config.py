@@ -47,6 +47,11 @@ class TrainConfig:
     Network: ``net`` in ``"mlp" | "unet"``; MLP ``hidden``, ``depth``, ``emb_dim``; U-Net
     ``channels``, ``channel_mults``, ``num_res_blocks``, ``attn_resolutions``; ``dropout`` (U-Net).
 
+    Classes: ``num_classes`` (0: unconditional; ``K > 0``: a class-conditional model of ``K``
+    classes, trained on the data set's labels with label dropout ``p_uncond``, default 0.1, so that
+    one network learns both the conditional and the unconditional score; Ho & Salimans 2022,
+    "Classifier-free diffusion guidance"). ``p_uncond`` is used only when ``num_classes > 0``.
+
     Objective: ``parameterization`` (``eps | score | x0 | v``, :mod:`scoresde.score`; default ``v``:
     an ``eps`` network must output the identity at high noise, and the few percent it falls short
     there make probability-flow ODE samples expand, see docs/results.md),
@@ -83,6 +88,11 @@ class TrainConfig:
     num_res_blocks: int = _field(1, "U-Net residual blocks per level")
     attn_resolutions: Tuple[int, ...] = _field((), "U-Net levels (feature-map sizes) with attention")
     dropout: float = _field(0.0, "U-Net dropout, in [0, 1)")
+    num_classes: int = _field(0, "0: unconditional; K > 0: a class-conditional model of K classes, trained with label "
+                                 "dropout p_uncond so one network learns both scores (Ho & Salimans 2022); needs a "
+                                 "data set with labels")
+    p_uncond: float = _field(0.1, "label dropout: probability that a training label is replaced by the null class "
+                                  "(the unconditional score), in [0, 1); used only when num_classes > 0")
     parameterization: str = _field("v", "what the network predicts, see scoresde.score (default v: at high noise "
                                    "eps_hat = x_t holds without the network, so the probability-flow ODE does "
                                    "not expand; docs/results.md)")
@@ -129,8 +139,9 @@ class TrainConfig:
         check_number("grad_clip", self.grad_clip, 0.0)
         check_number("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
         check_number("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        check_number("p_uncond", self.p_uncond, 0.0, 1.0, hi_open=True)
         for name, lo in (("sde_N", 2), ("hidden", 1), ("depth", 1), ("emb_dim", 2), ("channels", 2),
-                         ("num_res_blocks", 1), ("steps", 1), ("batch_size", 1), ("warmup", 0), ("seed", 0),
+                         ("num_res_blocks", 1), ("steps", 1), ("batch_size", 1), ("warmup", 0), ("seed", 0), ("num_classes", 0),
                          ("eval_every", 0), ("checkpoint_every", 1), ("log_every", 1)):
             check_int(name, getattr(self, name), lo)
         if self.emb_dim % 2 or self.channels % 2:

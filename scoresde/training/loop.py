@@ -12,9 +12,11 @@ over a mini-batch. One optimizer step ``s = 1, 2, ...`` does, in this order:
 2. **randomness of the global batch**, from one training generator (seeded with ``h(seed, "noise")``,
    its state saved in every checkpoint), drawn for all ``B`` samples on every rank in this order:
    uniform dequantization noise (quantized data with ``dequantize=True``), the times (``float64``
-   uniforms; ``U[eps, T]`` or the importance density of :mod:`scoresde.losses`), the Gaussian noise.
+   uniforms; ``U[eps, T]`` or the importance density of :mod:`scoresde.losses`), the Gaussian noise,
+   and (``num_classes > 0`` only) the label dropout of ``train_labels[indices]``, one ``float64``
+   uniform per label (:func:`scoresde.losses.drop_labels`; Ho & Salimans 2022).
 3. **loss** on this rank's contiguous block ``[r B / W, (r + 1) B / W)`` of the global batch:
-   ``dsm_loss(model, sde, x0, t=t, noise=z) * w`` averaged (``w`` the importance weight,
+   ``dsm_loss(model, sde, x0, t=t, noise=z, y=c) * w`` averaged (``w`` the importance weight,
    ``1 / ((T - eps) q(t))``, or 1), under ``torch.autocast(bfloat16)`` when ``bf16``.
 4. **update**: backward (DDP averages the gradients over ranks, so the update equals the
    single-process update on the global batch), ``clip_grad_norm_(grad_clip)``, AdamW
@@ -53,10 +55,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .._utils import derive_seed
+from .._utils import NULL_CLASS, derive_seed
 from ..data import Dataset, load_dataset
 from ..io import atomic_write
-from ..losses import draw_times, dsm_loss
+from ..losses import draw_times, drop_labels, dsm_loss
 from ..quantize import dequantize
 from ..score import ScoreModel
 from .builders import build_model, build_sde
@@ -95,8 +97,10 @@ class _Objective(nn.Module):
         self.weighting = weighting
         self.eps = eps
 
-    def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        losses = dsm_loss(self.model, self.model.sde, x0, weighting=self.weighting, eps=self.eps, t=t, noise=noise)
+    def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, w: torch.Tensor,
+                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        losses = dsm_loss(self.model, self.model.sde, x0, weighting=self.weighting, eps=self.eps, t=t, noise=noise,
+                          y=y)
         return (losses.float() * w).mean()
 
 
@@ -132,7 +136,8 @@ class _Trainer:
             raise ValueError(f"batch_size={B} exceeds the {n} training samples of {dataset.name!r}; "
                              f"use batch_size <= {n}")
         _check_finite_data(dataset)
-        self.fingerprint = data_fingerprint(dataset.train)
+        self.train_y = _train_labels(cfg, dataset, device)
+        self.fingerprint = data_fingerprint(dataset.train, None if self.train_y is None else dataset.train_labels)
         self.n, self.per_epoch = n, n // B
         self.lo, self.hi = (B * d.rank) // W, (B * (d.rank + 1)) // W
         self.train_x = dataset.train.to(device=device, dtype=torch.get_default_dtype())
@@ -221,7 +226,7 @@ class _Trainer:
         B = self.cfg.batch_size
         return self._perm_cache[1][j * B:(j + 1) * B]
 
-    def _draw(self, x0: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _draw(self, x0: torch.Tensor, y: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         cfg, sde, g = self.cfg, self.sde, self.gen
         B = x0.shape[0]
         if self.quantized:
@@ -229,14 +234,16 @@ class _Trainer:
         t64, w64 = draw_times(sde, B, cfg.time_sampler, cfg.eps, generator=g, device=x0.device)
         t, w = t64.to(x0.dtype), w64.float()
         noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
-        return x0, t, noise, w
+        if y is not None:
+            y = drop_labels(y, cfg.p_uncond, g)  # after t and z: the same stream position on every rank
+        return x0, t, noise, w, y
 
     def _train_step(self, s: int) -> Tuple[torch.Tensor, torch.Tensor, float]:
         idx = self._indices(s).to(self.device)
-        x0, t, noise, w = self._draw(self.train_x[idx])
+        x0, t, noise, w, y = self._draw(self.train_x[idx], None if self.train_y is None else self.train_y[idx])
         sl = slice(self.lo, self.hi)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            loss = self.runner(x0[sl], t[sl], noise[sl], w[sl])
+            loss = self.runner(x0[sl], t[sl], noise[sl], w[sl], None if y is None else y[sl])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
@@ -396,6 +403,24 @@ def _check_finite_data(dataset: Dataset) -> None:
                          f"{x[first].flatten()[:4].tolist()}); drop or repair those rows before training")
 
 
+def _train_labels(cfg: TrainConfig, dataset: Dataset, device: torch.device) -> Optional[torch.Tensor]:
+    """The training labels of a class-conditional run (``num_classes > 0``) on ``device``, checked
+    once: they exist and lie in ``0 .. num_classes - 1`` (or are ``NULL_CLASS``, always unconditional)."""
+    K, y = cfg.num_classes, dataset.train_labels
+    if K == 0:
+        return None
+    if y is None or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"num_classes={K} trains a class-conditional model, but the data set {dataset.name!r} has no "
+                         "integer labels (train_labels); use a labelled data set (digits, mnist, cifar10) or "
+                         "num_classes=0")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < NULL_CLASS or hi >= K:
+        fix = f"set num_classes={hi + 1}" if lo >= NULL_CLASS else "relabel the data set"
+        raise ValueError(f"the training labels of {dataset.name!r} lie in [{lo}, {hi}], but num_classes={K} knows "
+                         f"the classes 0..{K - 1} (and {NULL_CLASS}, no label); {fix}")
+    return y.to(device=device, dtype=torch.long)
+
+
 def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, hooks: Sequence[Hook] = (),
           progress: bool = True, resume: Optional[bool] = None) -> TrainResult:
     """Train a score model by denoising score matching (module docstring for the exact procedure).
@@ -423,7 +448,8 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, hooks: Sequenc
     up front: a non-finite value is an error naming its row.
 
     Returns a :class:`TrainResult`. Raises :class:`TrainingDiverged` when the loss becomes
-    non-finite, ``ValueError`` for an impossible configuration, a non-finite training value, or a
+    non-finite, ``ValueError`` for an impossible configuration (``num_classes > 0`` on data without
+    labels or with labels ``>= num_classes`` included), a non-finite training value, or a
     resume with another configuration or other training data (the checkpoint stores their
     fingerprint), :class:`~scoresde.training.checkpoint.CheckpointError` (a ``ValueError``) for a
     damaged or foreign ``checkpoint_last.pt`` (or one that is a folder), which is left as it is,
