@@ -101,9 +101,13 @@ def resolve_guidance(guidance_weight: Optional[float] = None, guidance_scale: Op
 
 def score_num_classes(score_fn: Callable) -> Optional[int]:
     """The number of classes a score function declares (``num_classes`` attribute of a
-    :class:`~scoresde.score.ScoreModel` or a mixture's ``score_fn``), or ``None`` if it declares none."""
-    n = getattr(score_fn, "num_classes", None)
-    return n if isinstance(n, int) and not isinstance(n, bool) else None
+    :class:`~scoresde.score.ScoreModel`, of the model a bound method belongs to, or of a mixture's
+    ``score_fn``), or ``None`` if it declares none."""
+    for owner in (score_fn, getattr(score_fn, "__self__", None)):  # a ScoreModel's bound score_fn too
+        n = getattr(owner, "num_classes", None)
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n
+    return None
 
 
 def _takes_labels(score_fn: Callable) -> bool:

@@ -278,3 +278,36 @@ def test_the_likelihood_refuses_guidance_and_evaluate_bpd_takes_labels():
     torch.testing.assert_close(res.logp[0], one.logp.double(), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"\(20,\) tensor"):
         evaluate_bpd(mix.score_fn(sde), sde, x, labels=y[:5], dequantize=None, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks.
+# ---------------------------------------------------------------------------------------------
+def _conditional_model():
+    from scoresde import MLPScoreNet, ScoreModel
+
+    torch.manual_seed(0)
+    return ScoreModel(MLPScoreNet(4, hidden=32, depth=2, num_classes=3), VPSDE(), "v").eval()
+
+
+def test_for_a_network_the_batched_call_equals_two_calls_to_float_tolerance():
+    model = _conditional_model()
+    x = torch.randn(9, 4, generator=gen(13))
+    t = torch.rand(9, generator=gen(14)) * 0.9 + 0.05
+    y = torch.tensor([0, 1, 2, -1, 0, 1, 2, 0, 1])
+    for fn in (model, model.score_fn):  # the module and its bound method both declare num_classes
+        guided, info = guided_score(fn, y, guidance_scale=2.5, batch=9)
+        with torch.no_grad():
+            cond, uncond = model(x, t, y=y), model(x, t)
+            torch.testing.assert_close(guided(x, t), cond + 1.5 * (cond - uncond), rtol=1e-5, atol=1e-6)
+        assert info["convention"] == "scale" and info["guidance_weight"] == 1.5
+    with pytest.raises(ValueError, match=r"classes 0..2"):
+        guided_score(model.score_fn, torch.tensor([3] * 9), guidance_weight=1.0, batch=9)
+
+
+def test_an_unconditional_network_refuses_labels():
+    from scoresde import MLPScoreNet, ScoreModel
+
+    model = ScoreModel(MLPScoreNet(4, hidden=16, depth=1), VPSDE(), "v")
+    with pytest.raises(ValueError, match="unconditional"):
+        sample(model, VPSDE(), (3, 4), sampler="ddim", nfe=4, y=0, guidance_weight=1.0)
