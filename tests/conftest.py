@@ -70,3 +70,15 @@ def toy():
     from scoresde.data import load_toy
 
     return load_toy("mixture_2d", n_train=512, n_test=64, seed=3)
+
+
+def run_cli(argv, capsys):
+    """``(exit status, stdout, stderr)`` of ``scoresde.cli.main(argv)`` in this process."""
+    from scoresde.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

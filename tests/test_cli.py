@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from conftest import run_cli
 from scoresde.cli import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -18,14 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 COMMANDS = ["train", "sample", "nll", "demo"]
 
 
-def _run(argv, capsys):
-    """``(exit status, stdout, stderr)`` of ``main(argv)`` in this process."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 @pytest.mark.parametrize("cmd", [[]] + [[c] for c in COMMANDS])

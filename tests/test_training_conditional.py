@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scoresde.training.loop as loop
-from scoresde.cli import main
+from conftest import run_cli
 from scoresde.data import Dataset, load_dataset
 from scoresde.training import TrainConfig, load_model, train
 from _training import _cfg, _labelled
@@ -158,13 +158,7 @@ def test_a_conditional_digits_run_round_trips_through_load_model(tmp_path, digit
             assert float((model(x, t, y) - model(x, t, (y + 1) % 10)).abs().max()) > 1e-5
 
 
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 def test_cli_trains_a_conditional_digits_model(tmp_path, capsys):

@@ -42,12 +42,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of dequantization noise and probes (0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--out", type=Path, help="JSON file (default: <run folder>/nll_<split>.json)")
+    p.add_argument("--conditional", action="store_true",
+                   help="conditional models (--num-classes): the NLL of each image given its label, -log p(x | y), "
+                   "unguided; default: -log p(x) with the unconditional (null) label")
     add_threads_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def evaluate(model, sde, ds, data, *, trace, n_probes, repeats, batch_size, rtol, atol, eps, seed, device,
-             progress, error_budget=0.1, pilot_size=32):
+             progress, error_budget=0.1, pilot_size=32, labels=None):
     """``(BPDResult, convention note)`` for quantized data (uniform dequantization on the data set's grid)
     or continuous data (the density itself; the offset is made zero and said so)."""
     import torch
@@ -56,7 +59,8 @@ def evaluate(model, sde, ds, data, *, trace, n_probes, repeats, batch_size, rtol
 
     gen = torch.Generator(device=device).manual_seed(seed)
     kw = dict(trace=trace, repeats=repeats, batch_size=batch_size, rtol=rtol, atol=atol, eps=eps,
-              generator=gen, device=device, progress=progress, error_budget=error_budget, pilot_size=pilot_size)
+              generator=gen, device=device, progress=progress, error_budget=error_budget, pilot_size=pilot_size,
+              labels=labels)
     if n_probes is not None:
         kw["n_probes"] = n_probes
     if ds.quantized:
@@ -96,19 +100,34 @@ def run(args: argparse.Namespace) -> int:
         check_output(out, kind="file", example=f"nll_{args.split}.json")
         data = getattr(ds, args.split)
         n_split = data.shape[0]
+        labels = _labels(args, model, ds)
         if args.limit is not None:
             data = data[:args.limit]
+            labels = None if labels is None else labels[:args.limit]
         try:
             res, note = evaluate(model, model.sde, ds, data, trace=args.trace, n_probes=args.n_probes,
                                  repeats=args.repeats, batch_size=args.batch_size, rtol=args.rtol, atol=args.atol,
                                  eps=args.eps, seed=args.seed, device=device,
                                  progress=not args.no_progress and d.rank == 0, error_budget=args.error_budget,
-                                 pilot_size=args.pilot_size)
+                                 pilot_size=args.pilot_size, labels=labels)
         except ValueError as e:
             raise UsageError(str(e)) from None
         if d.rank == 0:
             _write(args, res, note, path, out, cfg, ckpt, n_split, d.world)
     return 0
+
+
+def _labels(args: argparse.Namespace, model, ds):
+    """``--conditional``: the split's labels, after checking the model and the data have them."""
+    if not args.conditional:
+        return None
+    if int(getattr(model, "num_classes", 0)) == 0:
+        raise UsageError("--conditional needs a conditional model, and this checkpoint is unconditional (trained "
+                         "without --num-classes)")
+    labels = ds.labels(args.split)
+    if labels is None:
+        raise UsageError(f"--conditional needs labels, and the {ds.name} {args.split} split has none")
+    return labels
 
 
 def _write(args: argparse.Namespace, res, note: str, path, out, cfg, ckpt, n_split: int, world: int) -> None:
@@ -120,7 +139,8 @@ def _write(args: argparse.Namespace, res, note: str, path, out, cfg, ckpt, n_spl
                   split=args.split, n_evaluated=res.n_samples, n_in_split=n_split,
                   subset=(f"the first {res.n_samples} of {n_split} {args.split} samples"
                           if res.n_samples < n_split else f"all {n_split} {args.split} samples"),
-                  seed=args.seed, threads=torch.get_num_threads(), world_size=world, note=note)
+                  seed=args.seed, threads=torch.get_num_threads(), world_size=world, note=note,
+                  conditional=bool(args.conditional))
     atomic_json(out, report)
     say(f"{cfg.dataset} {args.split} ({report['subset']}), step {ckpt['step']}"
-        f"{' EMA' if args.use_ema else ''}:\n{res.summary()}\n{note}\nwritten: {out}")
+        f"{' EMA' if args.use_ema else ''}{', -log p(x | y) given the labels' if args.conditional else ''}:\n{res.summary()}\n{note}\nwritten: {out}")

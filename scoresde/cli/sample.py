@@ -130,6 +130,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "ranks share out whole chunks, so the samples depend on the chunk size and the seed, not on "
                    "the number of processes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu; cuda:LOCAL_RANK under torchrun)")
+    c = p.add_argument_group("conditional models", "models trained with --num-classes; the guided score is "
+                             "(1 + w) score(x | y) - w score(x) (docs/sampling.md, 'Classifier-free guidance')")
+    c.add_argument("--class", dest="label", type=_classes, metavar="K",
+                   help="the class of every sample (3), a comma list cycled over the samples (0,3,7), or all "
+                   "(0, 1, ..., C-1 cycled); default: unconditional samples")
+    gw = c.add_mutually_exclusive_group()
+    gw.add_argument("--guidance-weight", type=float, metavar="W",
+                    help="classifier-free guidance weight w (0: the plain conditional model; needs --class)")
+    gw.add_argument("--guidance-scale", type=float, metavar="S",
+                    help="the same strength as a scale S = 1 + w (1: the plain conditional model), the "
+                    "convention of diffusers' guidance_scale; give this or --guidance-weight")
     p.add_argument("--quality", action="store_true",
                    help="digits models: also report the Frechet distance, KID and precision/recall of the samples "
                    "against the test images, with their null (scoresde.metrics.sample_quality), in "
@@ -142,6 +153,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         spec = dict(specs.get(opt, dict(type=_literal, help="an option of the sampler (see its docstring)")))
         spec["help"] = f"{spec['help']} [{', '.join(takers)}]"
         g.add_argument(flag_name(opt), dest=opt, default=None, **spec)
+
+
+def _classes(text: str):
+    """``--class``: ``all``, an int, or a comma list of ints (each >= 0)."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class number, a comma list of them or 'all', got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"class numbers are >= 0, got {text!r}")
+    return values
+
+
+def labels_from_args(args: argparse.Namespace, n: int, num_classes: int):
+    """The ``(n,)`` labels of ``--class`` (sample ``i`` gets entry ``i mod len``), or ``None``; checked
+    against the model's ``num_classes`` and the guidance flags."""
+    import torch
+
+    label = getattr(args, "label", None)
+    guided = args.guidance_weight is not None or args.guidance_scale is not None
+    if label is None:
+        if guided:
+            raise UsageError("--guidance-weight/--guidance-scale guide towards a class: give --class too")
+        return None
+    if num_classes == 0:
+        raise UsageError("--class needs a conditional model, and this checkpoint is unconditional (trained without "
+                         "--num-classes); train one with scoresde train --num-classes K")
+    values = list(range(num_classes)) if label == "all" else label
+    bad = [v for v in values if v >= num_classes]
+    if bad:
+        raise UsageError(f"--class {','.join(map(str, bad))}: the model knows classes 0..{num_classes - 1}")
+    return torch.tensor(values, dtype=torch.long)[torch.arange(n) % len(values)]
 
 
 def options_from_args(args: argparse.Namespace) -> Dict[str, Any]:
@@ -212,9 +257,10 @@ def merge_results(parts: Sequence[Any]):
 
 
 def draw_chunks(model, sde, shape, sampler: str, n: int, seed: int, device, *, chunk_size: int = CHUNK_SIZE,
-                rank: int = 0, world: int = 1, eps=None, progress=False, **options):
+                rank: int = 0, world: int = 1, eps=None, progress=False, labels=None, **options):
     """This rank's chunks of the ``n`` samples (module docstring): ``(start, SampleResult on the CPU
-    or None when the rank has no chunk)``."""
+    or None when the rank has no chunk)``. ``labels`` ``(n,)`` (or None): sample ``i``'s class, so a
+    chunk takes the labels of its indices; ``options`` include the guidance."""
     import torch
 
     from ..likelihood.sharding import shard_bounds
@@ -226,8 +272,9 @@ def draw_chunks(model, sde, shape, sampler: str, n: int, seed: int, device, *, c
     for c in range(first, last):
         a, b = chunks[c]
         gen = torch.Generator(device=device).manual_seed(chunk_seed(seed, c))
+        y = None if labels is None else labels[a:b].to(device)
         r = sample(model.score_fn, sde, (b - a, *shape), sampler=sampler, eps=eps, generator=gen, device=device,
-                   progress=progress, **options)
+                   progress=progress, y=y, **options)
         parts.append(dataclasses.replace(r, x=r.x.cpu()))
     start = chunks[first][0] if first < last else None
     return start, (merge_results(parts) if parts else None)
@@ -288,24 +335,27 @@ def run(args: argparse.Namespace) -> int:
         # before the sampling, on every rank (no rank may wait in a collective for one that stopped): a bad
         # --out is found at once, not after the work
         check_output(out, kind="folder")
+        labels = labels_from_args(args, args.n, int(getattr(model, "num_classes", 0)))
+        if labels is not None:
+            options.update(guidance_weight=args.guidance_weight, guidance_scale=args.guidance_scale)
         t0 = time.perf_counter()
         try:
             res = gather_chunks(lambda: draw_chunks(
                 model, sde, shape, args.sampler, args.n, args.seed, device, chunk_size=args.chunk_size,
                 rank=d.rank, world=d.world, eps=args.eps, progress=not args.no_progress and d.rank == 0,
-                **options), d.rank, d.world)
+                labels=labels, **options), d.rank, d.world)
         except ValueError as e:
             raise UsageError(str(e)) from None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         secs = time.perf_counter() - t0
         if d.rank == 0:
-            _write(args, res, secs, path, out, cfg, ckpt, shape, world=d.world)
+            _write(args, res, secs, path, out, cfg, ckpt, shape, world=d.world, labels=labels)
     return 0
 
 
 def _write(args: argparse.Namespace, res, secs: float, path: Path, out: Path, cfg, ckpt, shape, *,
-           world: int) -> None:
+           world: int, labels=None) -> None:
     """``samples_<sampler>.pt`` and ``.png`` in ``out`` (``--out``, default ``<run folder>/samples``) and the
     summary line."""
     import torch
@@ -317,27 +367,38 @@ def _write(args: argparse.Namespace, res, secs: float, path: Path, out: Path, cf
     meta = dict(x=res.x, nfe=res.nfe, status=res.status, sampler=res.sampler, eps=res.eps, info=res.info,
                 seconds=secs, checkpoint=str(path), step=int(ckpt["step"]), use_ema=args.use_ema, seed=args.seed,
                 dataset=cfg.dataset, data_range=rng, chunk_size=args.chunk_size, world_size=world,
-                threads=torch.get_num_threads())
+                threads=torch.get_num_threads(), y=labels, guidance=res.guidance)
     tpath = atomic_torch(out / f"samples_{args.sampler}.pt", meta)
-    quality = _quality(args, res, cfg, out) if args.quality else ""
+    quality = _quality(args, res, cfg, out, labels) if args.quality else ""
     pyplot = plt()
     fig, ax = pyplot.subplots(figsize=(5, 5))
     show_samples(ax, res.x, shape, rng, f"{args.sampler}, NFE {res.mean_nfe:g}, step {ckpt['step']}"
-                 + (" (EMA)" if args.use_ema else ""))
+                 + (" (EMA)" if args.use_ema else "") + _guidance_text(res.guidance, labels, ", "))
     ipath = atomic_figure(fig, out / f"samples_{args.sampler}.png")
     pyplot.close(fig)
     failed = int((res.status != 0).sum())
-    say(f"{args.n} samples with {args.sampler}: mean NFE {res.mean_nfe:g}, {secs:.2f} s"
+    say(f"{args.n} samples with {args.sampler}{_guidance_text(res.guidance, labels, ', ')}: "
+        f"mean NFE {res.mean_nfe:g}, {secs:.2f} s"
         + (f" on {world} processes" if world > 1 else "")
         + (f", {failed} failed (see status)" if failed else "") + f"\ntensor: {tpath}\nfigure: {ipath}" + quality)
 
 
-def _quality(args: argparse.Namespace, res, cfg, out: Path) -> str:
+def _guidance_text(guidance, labels, sep: str) -> str:
+    """``class 3, guidance weight 2 (scale 3)`` for the summary line and the figure title."""
+    if guidance is None:
+        return ""
+    values = sorted(set(labels.tolist()))
+    cls = f"class {values[0]}" if len(values) == 1 else f"{len(values)} classes"
+    return (f"{sep}{cls}, guidance weight {guidance['guidance_weight']:g} "
+            f"(scale {guidance['guidance_scale']:g})")
+
+
+def _quality(args: argparse.Namespace, res, cfg, out: Path, labels=None) -> str:
     """``--quality``: the samples against the digits test images on the digits classifier's features."""
     import torch
 
     from ..data import load_dataset
-    from ..metrics import sample_quality
+    from ..metrics import class_accuracy, sample_quality
     from .common import atomic_json
 
     if cfg.dataset != "digits":
@@ -345,5 +406,9 @@ def _quality(args: argparse.Namespace, res, cfg, out: Path) -> str:
                          f"this checkpoint was trained on {cfg.dataset!r}")
     q = sample_quality(res.x.detach().cpu().float(), load_dataset("digits").test, features="digits",
                        generator=torch.Generator().manual_seed(args.seed))
-    qpath = atomic_json(out / f"quality_{args.sampler}.json", q.to_dict())
-    return f"\n{q.summary()}\nquality: {qpath}"
+    record, text = q.to_dict(), q.summary()
+    if labels is not None and bool((labels >= 0).all()):
+        acc = class_accuracy(res.x.detach().cpu().float(), labels)
+        record["class_accuracy"], text = acc.to_dict(), f"{text}\n{acc.summary()} (the digits classifier)"
+    qpath = atomic_json(out / f"quality_{args.sampler}.json", record)
+    return f"\n{text}\nquality: {qpath}"
