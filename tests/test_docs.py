@@ -44,12 +44,15 @@ CONSTANTS = {
     "PARAMETERIZATIONS": "What the network of a `ScoreModel` predicts: the noise, the score, the clean data or the "
                          "velocity.",
     "DATASETS": "The data set names accepted by `load_dataset` and by `scoresde train --dataset`.",
+    "NULL_CLASS": "The class label that means \"no label\": a row labelled with it is evaluated unconditionally "
+                  "(the network's null class, the mixture's marginal).",
 }
 
 # The concept pages that explain each group of __all__ (keys: the group comments of __init__.py).
 GROUP_DOCS = {
     "SDEs and discrete chains": ["sde.md"],
     "oracles and toy data": ["sde.md", "recipes/property-testing.md"],
+    "conditional models and classifier-free guidance": ["sampling.md", "likelihood.md", "training.md"],
     "sampling": ["sampling.md"],
     "likelihood": ["likelihood.md", "bounds.md"],
     "ODE solvers": ["solvers.md"],

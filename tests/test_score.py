@@ -56,6 +56,19 @@ def posterior_means(mix, sde, x, t):
     return x0, (x - m * x0) / s
 
 
+def network_output(kind, x0, ez, m, s):
+    """What a perfect network of parameterization ``kind`` outputs, from the posterior means
+    ``x0 = E[x_0 | x_t]`` and ``ez = E[z | x_t]`` (the table of scoresde/score.py, written out)."""
+    if kind == "eps":
+        return ez
+    if kind == "score":
+        return -ez / s
+    if kind == "x0":
+        return x0
+    r = torch.sqrt(m * m + s * s)
+    return (m * ez - s * x0) / r
+
+
 class Oracle(nn.Module):
     """A perfect network for a parameterization, reading the time directly (``time_input="t"``)."""
 
@@ -66,14 +79,7 @@ class Oracle(nn.Module):
     def forward(self, x, t):
         x0, ez = posterior_means(self.mix, self.sde, x, t)
         m, s = coeffs(self.sde, t)
-        if self.kind == "eps":
-            return ez
-        if self.kind == "score":
-            return -ez / s
-        if self.kind == "x0":
-            return x0
-        r = torch.sqrt(m * m + s * s)
-        return (m * ez - s * x0) / r
+        return network_output(self.kind, x0, ez, m, s)
 
 
 def noisy_batch(mix, sde, n, seed, lo=1e-3):
@@ -287,15 +293,7 @@ class CondOracle(Oracle):
                 rows = y == k
                 x0 = torch.where(rows[:, None], component_posterior(self.mix, self.sde, x, t, k)[0], x0)
         m, s = coeffs(self.sde, t)
-        ez = (x - m * x0) / s
-        if self.kind == "eps":
-            return ez
-        if self.kind == "score":
-            return -ez / s
-        if self.kind == "x0":
-            return x0
-        r = torch.sqrt(m * m + s * s)
-        return (m * ez - s * x0) / r
+        return network_output(self.kind, x0, (x - m * x0) / s, m, s)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
