@@ -34,6 +34,7 @@ from .metrics import (
 from .nets import GaussianFourierEmbedding, MLPScoreNet, SinusoidalEmbedding, UNet
 from .sampling import CORRECTORS, GRIDS, PREDICTORS, SAMPLERS, Sampler, SampleResult, sample, time_grid
 from .score import PARAMETERIZATIONS, ScoreModel
+from .schedules import DiscreteBeta
 from .sde import SDE, BetaSchedule, CosineBeta, LinearBeta, ReverseSDE, SubVPSDE, VESDE, VPSDE
 from .solvers import METHODS, ButcherTableau, ODEResult, SolverStatus, StepSizeController, available_methods, solve_ode
 from .training import (CheckpointError, RunFolderBusy, TrainConfig, TrainingDiverged, TrainResult, UnverifiedCheckpointWarning,
@@ -54,6 +55,7 @@ __version__ = "0.1.0"
 __all__ = [
     # SDEs and discrete chains
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "BetaSchedule", "LinearBeta", "CosineBeta",
+    "DiscreteBeta",
     "DDPMSchedule", "SMLDSchedule",
     # oracles and toy data
     "GaussianMixture", "mixture_2d", "mixture_nd", "two_moons", "eight_gaussians", "eight_gaussians_mixture",

@@ -3,11 +3,15 @@ inverse, and the discrete DDPM betas each one corresponds to.
 
 * :class:`LinearBeta`: ``beta(t) = beta_min + t (beta_max - beta_min)`` (Ho et al. 2020 in
   continuous time; Song et al. 2021);
-* :class:`CosineBeta`: the cosine schedule of Nichol & Dhariwal (2021), ``alpha_bar(t) = cos^2``.
+* :class:`CosineBeta`: the cosine schedule of Nichol & Dhariwal (2021), ``alpha_bar(t) = cos^2``;
+* :class:`DiscreteBeta`: the schedule of a given discrete chain (its betas), with ``log alpha_bar``
+  interpolated piecewise-linearly between the chain's steps (DPM-Solver's "discrete" schedule), so
+  the marginals equal the chain's at the grid times (for models trained on a chain, e.g. diffusers').
 """
 from __future__ import annotations
 
 import abc
+import hashlib
 import math
 
 import torch
@@ -15,7 +19,7 @@ import torch
 from ._utils import check_positive
 from .discrete import DDPMSchedule, cosine_log_alpha_bar
 
-__all__ = ["BetaSchedule", "LinearBeta", "CosineBeta"]
+__all__ = ["BetaSchedule", "LinearBeta", "CosineBeta", "DiscreteBeta"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,3 +119,68 @@ class CosineBeta(BetaSchedule):
 
     def __repr__(self):
         return f"CosineBeta(s={self.s})"
+
+
+class DiscreteBeta(BetaSchedule):
+    """The VP schedule of a discrete DDPM chain with betas ``beta_0 .. beta_{N-1}``.
+
+    ``B(t) = -log alpha_bar(t)`` is piecewise linear in ``t`` through the knots ``B(0) = 0`` and
+    ``B((i + 1) / N) = -log alpha_bar_i = -sum_{j <= i} log(1 - beta_j)``, so ``beta(t) = dB/dt`` is
+    ``-N log(1 - beta_i)`` on the step ``(i/N, (i + 1)/N]``. The chain's step ``i`` sits at our
+    grid time ``t_i = (i + 1) / N`` (the convention of :meth:`scoresde.sde.VPSDE.ddpm_schedule`),
+    where the SDE's marginal ``N(sqrt(abar_i) x0, (1 - abar_i) I)`` is the chain's exactly; between
+    the knots ``log alpha_t = -B/2`` is linear, as in DPM-Solver's schedule for discrete-time models
+    (Lu et al. 2022, "DPM-Solver", Appendix D; its ``NoiseScheduleVP('discrete')``). :meth:`ddpm`
+    with the same ``N`` returns these betas exactly (float64), so the discrete samplers
+    (``schedule="discrete"``) run the chain itself. ``t`` outside ``[0, 1]`` extrapolates the end
+    segments linearly. Use with ``VPSDE(schedule=DiscreteBeta(betas), N=len(betas))``.
+    """
+
+    name = "discrete"
+
+    def __init__(self, betas):
+        chain = DDPMSchedule(betas, name="discrete")  # checks 0 < beta < 1
+        self.betas = chain.betas
+        self.N = chain.N
+        self._knots = torch.cat([torch.zeros(1, dtype=torch.float64), -chain.log_alphas_cumprod])  # (N + 1,)
+        self._cache: dict = {}
+
+    def _table(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = self._knots.to(device=like.device, dtype=like.dtype)
+        return self._cache[key]
+
+    def _segment(self, t: torch.Tensor):
+        """The step index ``k`` (clamped to ``0 .. N-1``) whose segment ``[k/N, (k+1)/N]`` holds ``t``,
+        and ``t``'s position ``u = N t`` on the knot axis."""
+        u = t * self.N
+        return torch.floor(u).clamp(0, self.N - 1).long(), u
+
+    def beta(self, t):
+        b = self._table(t)
+        k, _ = self._segment(t)
+        return (b[k + 1] - b[k]) * self.N
+
+    def integral(self, t):
+        b = self._table(t)
+        k, u = self._segment(t)
+        return b[k] + (u - k.to(u.dtype)) * (b[k + 1] - b[k])
+
+    def inverse_integral(self, b):
+        knots = self._table(b)
+        k = (torch.searchsorted(knots.contiguous(), b.contiguous(), right=True) - 1).clamp(0, self.N - 1)
+        return (k.to(b.dtype) + (b - knots[k]) / (knots[k + 1] - knots[k])) / self.N
+
+    def ddpm(self, N):
+        if N == self.N:
+            return DDPMSchedule(self.betas.clone(), name="discrete")
+        # another step count: the chain whose alpha_bar matches this schedule at t = (i + 1) / N
+        t = torch.arange(1, N + 1, dtype=torch.float64) / N
+        log_abar = -self.integral(t)
+        prev = torch.cat([torch.zeros(1, dtype=torch.float64), log_abar[:-1]])
+        return DDPMSchedule(-torch.expm1(log_abar - prev), name="discrete")
+
+    def __repr__(self):
+        digest = hashlib.sha256(self.betas.numpy().tobytes()).hexdigest()[:12]
+        return f"DiscreteBeta(N={self.N}, beta_0={float(self.betas[0]):.6g}, beta_N={float(self.betas[-1]):.6g}, sha256={digest})"

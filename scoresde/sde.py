@@ -259,6 +259,10 @@ class _VPFamily(SDE):
         if self.schedule.name == "cosine" and not T <= 1.0:
             raise ValueError(f"the cosine schedule lives on t in [0, 1]; got T={T}")
         super().__init__(N, T)
+        chain_n = getattr(self.schedule, "N", None)  # a DiscreteBeta is one chain of its own length
+        if self.schedule.name == "discrete" and chain_n is not None and chain_n != self.N:
+            raise ValueError(f"the DiscreteBeta schedule has {chain_n} steps but N={self.N}; pass N={chain_n} "
+                             "(the SDE's discretization is then the chain itself)")
         if isinstance(self.schedule, LinearBeta) and not self.schedule.beta_max < self.N:
             raise ValueError(f"N={self.N} steps give DDPM betas up to beta_max/N = {self.schedule.beta_max / self.N:g}, "
                              f"which must be below 1: use N > beta_max = {self.schedule.beta_max:g}")

@@ -24,7 +24,7 @@ import torch
 from conftest import devices
 from scipy import stats
 
-from scoresde import (SDE, CosineBeta, DDPMSchedule, LinearBeta, ReverseSDE, SMLDSchedule, SubVPSDE, VESDE,
+from scoresde import (SDE, CosineBeta, DDPMSchedule, DiscreteBeta, LinearBeta, ReverseSDE, SMLDSchedule, SubVPSDE, VESDE,
                       VPSDE)
 
 U64 = np.finfo(np.float64).eps / 2
@@ -156,7 +156,14 @@ def test_cosine_beta_is_derivative_of_paper_integral():
     assert np.all(np.abs(got - fd) <= 1e-6 * np.abs(got) * (1 + got**2 / 10))
 
 
-@pytest.mark.parametrize("sched", [LinearBeta(0.1, 20.0), LinearBeta(2.0, 3.0), CosineBeta(0.008), CosineBeta(0.1)])
+def _chain_betas(N=50):
+    """A non-linear chain: betas rising like i^2 from 1e-4 to 0.3."""
+    i = torch.arange(N, dtype=torch.float64)
+    return 1e-4 + (0.3 - 1e-4) * (i / (N - 1)) ** 2
+
+
+@pytest.mark.parametrize("sched", [LinearBeta(0.1, 20.0), LinearBeta(2.0, 3.0), CosineBeta(0.008), CosineBeta(0.1),
+                                   DiscreteBeta(_chain_betas())])
 def test_beta_schedule_inverse_integral_round_trips(sched):
     t = torch.cat([torch.tensor([0.0, 1e-9, 1e-6]), torch.linspace(0.001, 0.99, 200)]).double()
     b = sched.integral(t)
@@ -608,3 +615,72 @@ def test_unchecked_twins_equal_the_checked_methods_and_old_names_warn():
         assert "call coeffs_unchecked" in str(w[0].message)
     with pytest.raises(ValueError, match="outside"):
         VPSDE().coeffs(torch.tensor([1.5]))
+
+
+# ---------------------------------------------------------------------------------------------
+# DiscreteBeta: the VP SDE of a given chain
+# ---------------------------------------------------------------------------------------------
+def test_discrete_beta_marginals_are_the_chains_at_the_grid_times():
+    """At t_i = (i + 1) / N the VP SDE of DiscreteBeta(betas) has m^2 = alpha_bar_i and
+    s^2 = 1 - alpha_bar_i, with alpha_bar_i = prod_{j <= i} (1 - beta_j) (Ho et al. 2020, eq. 4)."""
+    betas = _chain_betas()
+    N = betas.numel()
+    sde = VPSDE(schedule=DiscreteBeta(betas), N=N)
+    abar = torch.cumprod(1.0 - betas, 0)
+    t = torch.arange(1, N + 1, dtype=torch.float64) / N
+    m, s = sde.coeffs(t)
+    torch.testing.assert_close(m * m, abar, rtol=1e-12, atol=0)
+    torch.testing.assert_close(s * s, 1.0 - abar, rtol=1e-12, atol=0)
+    assert torch.equal(sde.ddpm_schedule().betas, betas)  # the discrete samplers run this very chain
+    m0, s0 = sde.coeffs(torch.zeros(1, dtype=torch.float64))
+    assert float(m0) == 1.0 and float(s0) == 0.0
+
+
+def test_discrete_beta_is_piecewise_linear_in_log_alpha_and_beta_is_its_slope():
+    betas = _chain_betas()
+    N = betas.numel()
+    sched = DiscreteBeta(betas)
+    k = torch.arange(N, dtype=torch.float64)
+    mid = (k + 0.5) / N  # the middle of step k: B is the mean of its two knots
+    knots = torch.cat([torch.zeros(1, dtype=torch.float64), -torch.cumsum(torch.log1p(-betas), 0)])
+    torch.testing.assert_close(sched.integral(mid), 0.5 * (knots[:-1] + knots[1:]), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(sched.beta(mid), -N * torch.log1p(-betas), rtol=1e-12, atol=0)
+    # beta is dB/dt: a central difference inside each step
+    h = 1e-4 / N
+    fd = (sched.integral(mid + h) - sched.integral(mid - h)) / (2 * h)
+    torch.testing.assert_close(fd, sched.beta(mid), rtol=1e-6, atol=0)
+
+
+def test_discrete_beta_resamples_to_another_step_count_and_checks_n():
+    betas = _chain_betas()
+    sched = DiscreteBeta(betas)
+    coarse = sched.ddpm(10)  # its alpha_bar at t = (i + 1) / 10 is the schedule's
+    t = torch.arange(1, 11, dtype=torch.float64) / 10
+    torch.testing.assert_close(coarse.log_alphas_cumprod, -sched.integral(t), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="pass N=50"):
+        VPSDE(schedule=sched, N=1000)
+    assert "DiscreteBeta(N=50" in repr(VPSDE(schedule=sched, N=50))
+    with pytest.raises(ValueError, match="open interval"):
+        DiscreteBeta(torch.tensor([0.1, 1.0]))
+
+
+def test_discrete_beta_of_the_linear_chain_vs_the_continuous_vp():
+    """The DDPM betas 1e-4..0.02 (N = 1000) are VPSDE(0.1, 20)'s discretization exactly, but the
+    continuous marginal is not the chain's: at t_0 = 1/N the chain's s^2 is beta_0 = 1e-4 and the
+    SDE's 1 - exp(-(0.1/N + 9.95/N^2)), 10% more; at t = 1 the chain's -log alpha_bar exceeds the
+    SDE's B by sum beta^2 / 2."""
+    lin = VPSDE(0.1, 20.0, 1000)
+    chain = lin.ddpm_schedule().betas
+    torch.testing.assert_close(chain, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), rtol=1e-12, atol=0)
+    disc = VPSDE(schedule=DiscreteBeta(chain), N=1000)
+    t0 = torch.tensor([1e-3], dtype=torch.float64)
+    s2_chain, s2_lin = float(disc.coeffs(t0)[1] ** 2), float(lin.coeffs(t0)[1] ** 2)
+    assert s2_chain == pytest.approx(1e-4, rel=1e-9)
+    assert s2_lin == pytest.approx(-math.expm1(-(0.1e-3 + 9.95e-6)), rel=1e-9)
+    assert 0.09 < s2_lin / s2_chain - 1 < 0.11  # 10% at the first step
+    # at t = 1: sum_j beta_j = int_0^1 beta (the mean of a linear beta), so the gap in B = -log abar
+    # is sum_j (-log(1 - beta_j) - beta_j) = sum beta^2 / 2 + ... = 0.068, not small for N = 1000
+    one = torch.ones(1, dtype=torch.float64)
+    gap = float(disc.schedule.integral(one) - lin.schedule.integral(one))
+    assert gap == pytest.approx(float((-torch.log1p(-chain) - chain).sum()), rel=1e-10)
+    assert gap == pytest.approx(float((chain ** 2).sum() / 2), rel=0.02)
