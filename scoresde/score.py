@@ -53,7 +53,7 @@ from .sde import SDE, VESDE
 __all__ = ["ScoreModel", "PARAMETERIZATIONS", "TIME_INPUTS"]
 
 PARAMETERIZATIONS = ("eps", "score", "x0", "v")
-TIME_INPUTS = ("auto", "t", "scaled_t", "log_sigma", "log_snr")
+TIME_INPUTS = ("auto", "t", "scaled_t", "index", "dpm_solver", "reversed_index", "sigma", "log_sigma", "log_snr")
 
 
 class ScoreModel(nn.Module):
@@ -71,9 +71,25 @@ class ScoreModel(nn.Module):
             * ``"t"``: ``t`` itself, in ``[0, T]``;
             * ``"scaled_t"``: ``time_scale * t / T`` (``[0, 999]`` by default), the range the DDPM
               U-Net's sinusoidal embedding was made for; the continuous-time VP and sub-VP models
-              of Song et al. (2021) are conditioned on ``999 t``;
+              of Song et al. (2021) are conditioned on ``999 t`` (score_sde_pytorch
+              ``models/utils.py``, ``get_score_fn``: ``labels = t * 999``; its discrete VP models
+              take ``t (N - 1)``, the same for ``N = 1000``);
+            * ``"index"``: ``N t - 1``, the step index ``i`` of the SDE's DDPM chain, whose step
+              ``i`` sits at ``t_i = (i + 1) / N`` (:meth:`~scoresde.sde.VPSDE.ddpm_schedule`);
+              fractional between the grid times. This is the ``timestep`` a diffusers
+              ``UNet2DModel`` trained with ``DDPMScheduler`` expects (its timesteps are
+              ``0 .. N-1``, step ``i`` having ``alpha_bar_i = prod_{j <= i} (1 - beta_j)``);
+            * ``"dpm_solver"``: ``1000 (t - 1/N)``, DPM-Solver's input for discrete-time models
+              (Lu et al. 2022, the ``model_wrapper`` of their code: a network trained on
+              ``N`` steps sees ``1000 i / N``); equal to ``"index"`` for ``N = 1000``;
+            * ``"reversed_index"``: ``round((T - t)(N - 1))`` as a long tensor, the label of the
+              original code's discrete VE (NCSN) models, whose noise table is descending (index 0
+              is ``sigma_max``; score_sde_pytorch ``get_score_fn``);
+            * ``"sigma"``: ``s(t)``, the marginal std, the label of the original code's continuous VE
+              models (NCSN++ takes the log itself; ``get_score_fn``: ``labels = std``);
             * ``"log_sigma"``: ``log s(t)``, as NCSN++ conditions VE models on ``log sigma``
               (Song et al. 2021, with Gaussian-Fourier features); ``-inf`` at ``t = 0`` for VP;
+              EDM's ``c_noise = log(sigma) / 4`` is this over 4 (Karras et al. 2022, Table 1);
             * ``"log_snr"``: ``log(m^2 / s^2)`` (Kingma et al. 2021), the same for every SDE with the
               same SNR schedule; ``+inf`` at ``t = 0`` for VP;
             * ``"auto"`` (default): ``"log_sigma"`` for :class:`~scoresde.sde.VESDE`, otherwise ``"scaled_t"``;
@@ -143,7 +159,8 @@ class ScoreModel(nn.Module):
 
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
         """The network's time input for times ``t`` ``(B,)``: the one place this choice is made
-        (see ``time_input`` in the class docstring). Returns ``(B,)`` in ``t``'s dtype."""
+        (see ``time_input`` in the class docstring). Returns ``(B,)`` in ``t``'s dtype (long for
+        ``"reversed_index"``)."""
         ti = self.time_input
         if callable(ti):
             return ti(t)
@@ -151,6 +168,14 @@ class ScoreModel(nn.Module):
             return t
         if ti == "scaled_t":
             return t * (self.time_scale / self.sde.T)
+        if ti == "index":
+            return t * self.sde.N - 1.0
+        if ti == "dpm_solver":
+            return (t - 1.0 / self.sde.N) * 1000.0
+        if ti == "reversed_index":
+            return torch.round((self.sde.T - t) * (self.sde.N - 1)).long()
+        if ti == "sigma":
+            return self.sde.coeffs_unchecked(t)[1]
         if ti == "log_sigma":
             return torch.log(self.sde.coeffs_unchecked(t)[1])
         return self.sde.log_snr_unchecked(t)  # "log_snr"

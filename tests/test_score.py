@@ -184,6 +184,23 @@ def test_net_time_conventions():
     assert torch.allclose(ScoreModel(net, VPSDE(), time_scale=1000.0).net_time(t), 1000.0 * t)
 
 
+def test_net_time_of_discrete_and_sigma_conventions():
+    """The inputs of models trained elsewhere (docs/interop.md), from their definitions."""
+    net = MLPScoreNet(2, hidden=8, depth=1, emb_dim=8)
+    sde = VPSDE(N=500)
+    grid = torch.arange(1, 501, dtype=torch.float64) / 500  # the chain's step i at t = (i + 1) / N
+    idx = ScoreModel(net, sde, time_input="index").net_time(grid)
+    torch.testing.assert_close(idx, torch.arange(500, dtype=torch.float64), rtol=0, atol=1e-10)
+    dpm = ScoreModel(net, sde, time_input="dpm_solver").net_time(grid)  # 1000 i / N
+    torch.testing.assert_close(dpm, 1000.0 * torch.arange(500, dtype=torch.float64) / 500, rtol=0, atol=1e-9)
+    ve = VESDE(sigma_min=0.01, sigma_max=50.0, N=10)
+    t = torch.tensor([1.0, 0.95, 0.5, 1 / 18 + 1e-6, 0.0], dtype=torch.float64)
+    rev = ScoreModel(net, ve, time_input="reversed_index").net_time(t)
+    assert rev.dtype == torch.long and rev.tolist() == [0, 0, 4, 8, 9]  # round((1 - t) * 9)
+    sig = ScoreModel(net, ve, time_input="sigma").net_time(t)
+    torch.testing.assert_close(sig, 0.01 * (50.0 / 0.01) ** t)
+
+
 def test_the_network_sees_net_time():
     seen = {}
 
@@ -212,7 +229,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="parameterization"):
         ScoreModel(net, VPSDE(), "noise")
     with pytest.raises(ValueError, match="time_input"):
-        ScoreModel(net, VPSDE(), time_input="sigma")
+        ScoreModel(net, VPSDE(), time_input="sigmas")
     with pytest.raises(TypeError, match="SDE"):
         ScoreModel(net, "vp")
     with pytest.raises(TypeError, match="net"):
