@@ -5,6 +5,7 @@ The public API is re-exported here by name; nothing else is public.
 from .data import DATASETS, Dataset, dequantize, iterate_batches, load_cifar10, load_dataset, load_digits, load_mnist, load_toy
 from .discrete import DDPMSchedule, SMLDSchedule
 from .guidance import NULL_CLASS, Guidance, GuidedScore, guided_score, resolve_guidance
+from .interop import from_diffusers, from_score_sde
 from .io import atomic_write, atomic_write_with
 from .likelihood import (BoundEvaluation, BoundResult, BPDResult, LikelihoodResult, bits_per_dim, ddpm_bound,
                          evaluate_bounds, evaluate_bpd, log_likelihood, ToleranceChoice, variational_bound)
@@ -67,6 +68,8 @@ __all__ = [
     # likelihood
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "evaluate_bpd", "BPDResult",
     "ToleranceChoice", "variational_bound", "ddpm_bound", "evaluate_bounds", "BoundResult", "BoundEvaluation",
+    # models trained elsewhere
+    "from_diffusers", "from_score_sde",
     # ODE solvers
     "solve_ode", "ODEResult", "SolverStatus", "available_methods", "METHODS", "StepSizeController", "ButcherTableau",
     # score models, networks and training losses

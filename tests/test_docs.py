@@ -55,6 +55,7 @@ GROUP_DOCS = {
     "conditional models and classifier-free guidance": ["sampling.md", "likelihood.md", "training.md"],
     "sampling": ["sampling.md"],
     "likelihood": ["likelihood.md", "bounds.md"],
+    "models trained elsewhere": ["interop.md"],
     "ODE solvers": ["solvers.md"],
     "score models, networks and training losses": ["training.md"],
     "training": ["training.md", "cli.md"],
