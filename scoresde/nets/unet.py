@@ -125,6 +125,24 @@ class UNet(nn.Module):
     ``ValueError``); returns a tensor of shape ``(B, out_channels, H, W)``.
     """
 
+    def _check_attention(self, attn: tuple, mults: tuple, channels: int, num_heads: int) -> tuple:
+        """The attention resolutions, checked against the level sizes and the heads."""
+        if attn and self.image_size is None:
+            raise ValueError("attn_resolutions are spatial sizes of the levels, which depend on the image size: "
+                             "pass image_size=... (or attn_resolutions=() for attention only at the bottleneck)")
+        level_sizes = [] if self.image_size is None else [self.image_size[0] // 2**i for i in range(len(mults))]
+        for r in attn:
+            if r not in level_sizes:
+                raise ValueError(f"attention resolution {r!r} is not a level size; the levels of a "
+                                 f"{self.image_size[0]}x{self.image_size[1]} input are {level_sizes}")
+        for i, m in enumerate(mults):
+            if level_sizes and level_sizes[i] in attn and (channels * m) % num_heads:
+                raise ValueError(f"num_heads={num_heads} must divide the {channels * m} channels of the attention "
+                                 f"level {level_sizes[i]}")
+        if (channels * mults[-1]) % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide the {channels * mults[-1]} bottleneck channels")
+        return attn
+
     def __init__(self, in_channels: int = 1, channels: int = 32, channel_mults: Sequence[int] = (1, 2),
                  num_res_blocks: int = 1, attn_resolutions: Sequence[int] = (), dropout: float = 0.0,
                  embedding: str = "sinusoidal", image_size: Optional[Union[int, Sequence[int]]] = None, *,
@@ -154,22 +172,8 @@ class UNet(nn.Module):
                 raise ValueError(f"image_size must be a positive int or a pair (H, W), got {image_size!r}")
             self._check_divisible(hw)
             self.image_size = hw
-        attn = tuple(attn_resolutions)
-        if attn and self.image_size is None:
-            raise ValueError("attn_resolutions are spatial sizes of the levels, which depend on the image size: "
-                             "pass image_size=... (or attn_resolutions=() for attention only at the bottleneck)")
+        self.attn_resolutions = attn = self._check_attention(tuple(attn_resolutions), mults, channels, num_heads)
         level_sizes = [] if self.image_size is None else [self.image_size[0] // 2**i for i in range(len(mults))]
-        for r in attn:
-            if r not in level_sizes:
-                raise ValueError(f"attention resolution {r!r} is not a level size; the levels of a "
-                                 f"{self.image_size[0]}x{self.image_size[1]} input are {level_sizes}")
-        self.attn_resolutions = attn
-        for i, m in enumerate(mults):
-            if level_sizes and level_sizes[i] in attn and (channels * m) % num_heads:
-                raise ValueError(f"num_heads={num_heads} must divide the {channels * m} channels of the attention "
-                                 f"level {level_sizes[i]}")
-        if (channels * mults[-1]) % num_heads:
-            raise ValueError(f"num_heads={num_heads} must divide the {channels * mults[-1]} bottleneck channels")
 
         temb_dim = 4 * channels
         self.embedding = embedding
