@@ -343,3 +343,26 @@ def test_conditional_gradients_reach_the_rows_in_use_only():
     net(torch.randn(4, 2, generator=gen(13)), torch.rand(4, generator=gen(14)) * 999, y).square().mean().backward()
     g = net.class_embed.table.weight.grad.abs().sum(dim=1)
     assert bool((g[[0, 2, 4]] > 0).all()) and bool((g[[1, 3]] == 0).all())
+
+
+@pytest.mark.parametrize("cond", ["scale_shift", "add"])
+def test_unet_time_input_survives_the_norm_only_with_scale_shift(cond):
+    """A U-Net whose levels have 8 channels has one channel per GroupNorm group (norm_groups=32).
+    DDPM's block adds the time embedding before that norm, which subtracts each channel's spatial
+    mean, so the per-channel shift is removed exactly and the output cannot depend on t (up to
+    rounding); the scale-shift block applies it after the norm, and the output does."""
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, channels=8, channel_mults=(1,), image_size=8, num_classes=3, conditioning=cond).eval()
+    x = torch.randn(4, 1, 8, 8, generator=gen(21))
+    with torch.no_grad():
+        a = net(x, torch.full((4,), 10.0))
+        b = net(x, torch.full((4,), 900.0))
+        c = net(x, torch.full((4,), 10.0), torch.tensor([0, 1, 2, 0]))
+    change_t, change_y = float((a - b).abs().max()), float((a - c).abs().max())
+    scale = float(a.abs().mean())
+    if cond == "add":
+        assert change_t < 1e-5 * scale and change_y < 1e-5 * scale
+    else:
+        assert change_t > 0.05 * scale and change_y > 0.01 * scale
+    with pytest.raises(ValueError, match="conditioning"):
+        UNet(in_channels=1, channels=8, conditioning="film")

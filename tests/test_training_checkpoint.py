@@ -122,3 +122,30 @@ def test_a_conditional_run_does_not_resume_on_other_labels(tmp_path, toy):
     with pytest.raises(ValueError, match="other data"):
         train(cfg.replace(steps=8), dataset=flipped, progress=False)
     assert train(cfg.replace(steps=8), dataset=ds, progress=False).resumed_from == 4
+
+
+def test_a_checkpoint_stored_before_unet_conditioning_rebuilds_the_add_unet(tmp_path, monkeypatch):
+    """A U-Net configuration without the field (written before it existed) computed DDPM's additive
+    conditioning: load_model rebuilds that network with its weights, the same outputs; a config that
+    is not stored (a new run) gets the new default, and resuming the old run with it is refused."""
+    from scoresde import TrainConfig, load_model, train
+    from scoresde.training.config import LEGACY
+
+    cfg = _cfg(tmp_path, "old", dataset="digits", net="unet", channels=8, steps=2, checkpoint_every=2,
+               unet_conditioning="add")
+    plain = TrainConfig.to_dict
+    monkeypatch.setattr(TrainConfig, "to_dict", lambda self: {k: v for k, v in plain(self).items() if k not in LEGACY})
+    res = train(cfg, progress=False)
+    monkeypatch.setattr(TrainConfig, "to_dict", plain)
+    stored = torch.load(tmp_path / "old" / "checkpoint_last.pt", weights_only=True)["config"]
+    assert "unet_conditioning" not in stored
+    assert TrainConfig.from_dict(stored, stored=True).unet_conditioning == "add"
+    assert TrainConfig.from_dict(stored).unet_conditioning == "scale_shift"
+    assert TrainConfig.from_dict({**stored, "net": "mlp"}, stored=True).unet_conditioning == "scale_shift"
+    model, got, _ = load_model(tmp_path / "old")
+    assert got.unet_conditioning == "add" and model.net.conditioning == "add"
+    x, t = torch.randn(3, 1, 8, 8), torch.full((3,), 0.4)
+    with torch.no_grad():
+        assert torch.equal(model(x, t), res.ema_model.eval()(x, t))
+    with pytest.raises(ValueError, match="unet_conditioning: 'add' -> 'scale_shift'"):
+        train(cfg.replace(unet_conditioning="scale_shift", steps=4), progress=False)

@@ -33,10 +33,10 @@ def field_choices() -> Dict[str, tuple]:
     from ..data import DATASETS
     from ..losses import TIME_SAMPLERS, WEIGHTINGS
     from ..score import PARAMETERIZATIONS
-    from ..training import NET_KINDS, SDE_KINDS
+    from ..training import NET_KINDS, SDE_KINDS, UNET_CONDITIONINGS
 
     return dict(dataset=tuple(DATASETS), sde=SDE_KINDS, net=NET_KINDS, parameterization=tuple(PARAMETERIZATIONS),
-                weighting=tuple(WEIGHTINGS), time_sampler=tuple(TIME_SAMPLERS))
+                weighting=tuple(WEIGHTINGS), time_sampler=tuple(TIME_SAMPLERS), unet_conditioning=UNET_CONDITIONINGS)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, *, only: Optional[Collection[str]] = None,

@@ -8,8 +8,15 @@ probabilistic models", Appendix B (itself a PixelCNN++ / Wide-ResNet backbone), 
   class embedding ``C[y]`` of the same size *after* the time MLP, ``e = MLP(emb(t_net)) + C[y]``
   (:class:`~scoresde.nets.embedding.ClassEmbedding`, ``K + 1`` rows, the last the null class), as
   the class-conditional U-Nets of Dhariwal & Nichol (2021) and Ho & Salimans (2022) do;
-* residual blocks ``x + conv(SiLU(GN(conv(SiLU(GN(x))) + P e)))`` where ``P e`` is the projected
-  time embedding added per channel, with an optional dropout before the second convolution;
+* residual blocks ``x + conv(SiLU(GN(h) (1 + a) + b))``, ``h = conv(SiLU(GN(x)))``, where
+  ``(a, b) = P e`` is the projected time (and class) embedding, a per-channel scale and shift
+  applied *after* the second GroupNorm ("scale-shift norm", Dhariwal & Nichol 2021, Appendix A),
+  with an optional dropout before the second convolution. DDPM's own block,
+  ``x + conv(SiLU(GN(h + P e)))`` (``conditioning="add"``), adds the embedding *before* that norm,
+  which subtracts each group's mean: with one channel per group (a level of at most
+  ``norm_groups`` channels, e.g. the 32-channel level of a small U-Net) it removes the shift
+  entirely and the level cannot see ``t`` or the class; with ``k`` channels per group only the
+  part of the shift that varies within the group survives. The scale-shift block keeps all of it;
 * single-head (or multi-head) self-attention blocks at the listed spatial resolutions and always
   in the middle (bottleneck), ``x + proj(Attention(GN(x)))`` (Vaswani et al. 2017);
 * ``len(channel_mults) - 1`` downsamplings (3x3 convolution, stride 2) and as many upsamplings
@@ -30,7 +37,10 @@ from torch import nn
 from .._utils import append_dims, check_int, check_probability, is_int
 from .embedding import ClassEmbedding, class_features, make_embedding
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "CONDITIONINGS"]
+
+#: How a residual block takes the time (and class) embedding: after or before its second norm.
+CONDITIONINGS = ("scale_shift", "add")
 
 
 def _num_groups(channels: int, max_groups: int) -> int:
@@ -40,11 +50,12 @@ def _num_groups(channels: int, max_groups: int) -> int:
 
 
 class _ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, groups: int):
+    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, groups: int, scale_shift: bool):
         super().__init__()
         self.norm1 = nn.GroupNorm(_num_groups(cin, groups), cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.temb = nn.Linear(temb_dim, cout)
+        self.scale_shift = scale_shift
+        self.temb = nn.Linear(temb_dim, 2 * cout if scale_shift else cout)
         self.norm2 = nn.GroupNorm(_num_groups(cout, groups), cout)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
@@ -53,8 +64,13 @@ class _ResBlock(nn.Module):
 
     def forward(self, x, temb):
         h = self.conv1(self.act(self.norm1(x)))
-        h = h + append_dims(self.temb(temb), h.ndim)
-        h = self.conv2(self.dropout(self.act(self.norm2(h))))
+        e = append_dims(self.temb(temb), h.ndim)
+        if self.scale_shift:  # after the norm: the whole per-channel signal reaches the convolution
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1.0 + scale) + shift
+        else:  # DDPM: before the norm, which subtracts each group's mean
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(self.act(h)))
         return self.skip(x) + h
 
 
@@ -115,6 +131,10 @@ class UNet(nn.Module):
         out_channels: output channels (default ``in_channels``; the score has the shape of ``x``).
         num_heads: attention heads; must divide the channels of every attention level.
         norm_groups: at most this many GroupNorm groups (the largest divisor of the width <= it).
+        conditioning: ``"scale_shift"`` (default): the time and class embedding scales and shifts
+            each channel after the residual block's second norm; ``"add"``: DDPM's block, which adds
+            it before that norm and so loses it at levels with one channel per group (module
+            docstring). Checkpoints written before this option existed were ``"add"``, and load as such.
         max_period, fourier_scale, seed: passed to the embedding.
         num_classes: ``0`` (default): unconditional; ``K > 0``: class-conditional on labels ``0..K-1``
             (and :data:`~scoresde._utils.NULL_CLASS` ``-1``, no label). Stored as :attr:`num_classes`.
@@ -147,8 +167,13 @@ class UNet(nn.Module):
                  num_res_blocks: int = 1, attn_resolutions: Sequence[int] = (), dropout: float = 0.0,
                  embedding: str = "sinusoidal", image_size: Optional[Union[int, Sequence[int]]] = None, *,
                  out_channels: Optional[int] = None, num_heads: int = 1, norm_groups: int = 32,
-                 max_period: float = 10000.0, fourier_scale: float = 16.0, seed: int = 0, num_classes: int = 0):
+                 max_period: float = 10000.0, fourier_scale: float = 16.0, seed: int = 0, num_classes: int = 0,
+                 conditioning: str = "scale_shift"):
         super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        self.conditioning = conditioning
+        ss = conditioning == "scale_shift"
         self.num_classes = check_int("num_classes", num_classes, 0)
         self.in_channels = check_int("in_channels", in_channels)
         self.out_channels = check_int("out_channels", in_channels if out_channels is None else out_channels)
@@ -189,7 +214,7 @@ class UNet(nn.Module):
         for i, m in enumerate(mults):
             use_attn = bool(level_sizes) and level_sizes[i] in attn
             for _ in range(num_res_blocks):
-                blocks = [_ResBlock(cur, channels * m, temb_dim, dropout, norm_groups)]
+                blocks = [_ResBlock(cur, channels * m, temb_dim, dropout, norm_groups, ss)]
                 cur = channels * m
                 if use_attn:
                     blocks.append(_Attention(cur, num_heads, norm_groups))
@@ -199,16 +224,16 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([_Down(cur)]))
                 skips.append(cur)
 
-        self.mid = nn.ModuleList([_ResBlock(cur, cur, temb_dim, dropout, norm_groups),
+        self.mid = nn.ModuleList([_ResBlock(cur, cur, temb_dim, dropout, norm_groups, ss),
                                   _Attention(cur, num_heads, norm_groups),
-                                  _ResBlock(cur, cur, temb_dim, dropout, norm_groups)])
+                                  _ResBlock(cur, cur, temb_dim, dropout, norm_groups, ss)])
 
         self.up = nn.ModuleList()
         for i in reversed(range(len(mults))):
             m = mults[i]
             use_attn = bool(level_sizes) and level_sizes[i] in attn
             for _ in range(num_res_blocks + 1):
-                blocks = [_ResBlock(cur + skips.pop(), channels * m, temb_dim, dropout, norm_groups)]
+                blocks = [_ResBlock(cur + skips.pop(), channels * m, temb_dim, dropout, norm_groups, ss)]
                 cur = channels * m
                 if use_attn:
                     blocks.append(_Attention(cur, num_heads, norm_groups))

@@ -15,12 +15,12 @@ This package was the module ``scoresde.train``; that path still works for one re
 from .builders import build_model, build_sde
 from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, CheckpointError, UnverifiedCheckpointWarning,
                          load_checkpoint, load_model)
-from .config import NET_KINDS, SDE_KINDS, TrainConfig
+from .config import NET_KINDS, SDE_KINDS, UNET_CONDITIONINGS, TrainConfig
 from .lock import RunFolderBusy
 from .loop import train
 from .result import Hook, TrainingDiverged, TrainResult
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "build_sde", "build_model",
            "CheckpointError", "UnverifiedCheckpointWarning", "RunFolderBusy",
-           "load_checkpoint", "load_model", "SDE_KINDS", "NET_KINDS", "CHECKPOINT_NAME", "CONFIG_NAME",
+           "load_checkpoint", "load_model", "SDE_KINDS", "NET_KINDS", "UNET_CONDITIONINGS", "CHECKPOINT_NAME", "CONFIG_NAME",
            "METRICS_NAME", "Hook"]

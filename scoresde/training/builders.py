@@ -45,5 +45,6 @@ def build_model(cfg: TrainConfig, dataset: Union[Dataset, Sequence[int]], sde: O
             raise ValueError(f"net='unet' needs images of shape (C, H, W), but the data have shape {shape}; "
                              "use net='mlp' for vector data")
         net = UNet(shape[0], cfg.channels, cfg.channel_mults, cfg.num_res_blocks, cfg.attn_resolutions,
-                   cfg.dropout, embedding, image_size=(shape[1], shape[2]), num_classes=cfg.num_classes)
+                   cfg.dropout, embedding, image_size=(shape[1], shape[2]), num_classes=cfg.num_classes,
+                   conditioning=cfg.unet_conditioning)
     return ScoreModel(net, sde, cfg.parameterization)

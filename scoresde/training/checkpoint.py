@@ -277,7 +277,7 @@ def load_model(path: Union[str, Path], *, use_ema: bool = True, device: Any = "c
     path = _resolve(path)
     ckpt = load_checkpoint(path, map_location="cpu")
     try:
-        cfg = TrainConfig.from_dict(ckpt["config"])
+        cfg = TrainConfig.from_dict(ckpt["config"], stored=True)
         model = build_model(cfg, tuple(ckpt["data_shape"]))
         model.load_state_dict(ckpt["ema" if use_ema else "model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
@@ -290,7 +290,7 @@ def check_resumable(ckpt: Dict[str, Any], path: Path, cfg: TrainConfig, dataset:
     """Refuse to resume ``cfg`` on ``dataset`` (whose :func:`data_fingerprint` is ``fingerprint``) from
     the checkpoint ``ckpt`` at ``path`` when the configuration differs in a field outside
     ``RESUMABLE``, the data differ, or the checkpoint is beyond ``cfg.steps``."""
-    old = TrainConfig.from_dict(ckpt["config"]).to_dict()
+    old = TrainConfig.from_dict(ckpt["config"], stored=True).to_dict()
     new = cfg.to_dict()
     diff = [k for k in new if k not in RESUMABLE and old[k] != new[k]]
     fresh = "or start a fresh run in another out_dir"

@@ -14,10 +14,15 @@ from ..io import atomic_write
 from ..losses import TIME_SAMPLERS, WEIGHTINGS
 from ..score import PARAMETERIZATIONS
 
-__all__ = ["TrainConfig", "SDE_KINDS", "NET_KINDS", "RESUMABLE"]
+__all__ = ["TrainConfig", "SDE_KINDS", "NET_KINDS", "UNET_CONDITIONINGS", "LEGACY", "RESUMABLE"]
 
 SDE_KINDS = ("vp", "subvp", "ve")
 NET_KINDS = ("mlp", "unet")
+#: The U-Net's conditioning choices (:data:`scoresde.nets.unet.CONDITIONINGS`).
+UNET_CONDITIONINGS = ("scale_shift", "add")
+#: Fields added after configurations were first stored, with the value a stored U-Net configuration
+#: without them had (what its network computed then); :meth:`TrainConfig.from_dict` with ``stored=True``.
+LEGACY = {"unet_conditioning": "add"}
 
 #: Fields that may differ between a run and its resumption (they do not change the trajectory).
 RESUMABLE = ("steps", "out_dir", "device", "data_root", "eval_every", "checkpoint_every", "log_every",
@@ -45,7 +50,10 @@ class TrainConfig:
     discretization used by DDPM/PC samplers).
 
     Network: ``net`` in ``"mlp" | "unet"``; MLP ``hidden``, ``depth``, ``emb_dim``; U-Net
-    ``channels``, ``channel_mults``, ``num_res_blocks``, ``attn_resolutions``; ``dropout`` (U-Net).
+    ``channels``, ``channel_mults``, ``num_res_blocks``, ``attn_resolutions``; ``dropout`` (U-Net);
+    ``unet_conditioning`` (``"scale_shift"``, default, or DDPM's ``"add"``: :class:`scoresde.nets.UNet`).
+    A U-Net configuration stored before ``unet_conditioning`` existed was ``"add"``, and
+    :meth:`from_dict` with ``stored=True`` (checkpoints) reads it so (:data:`LEGACY`).
 
     Classes: ``num_classes`` (0: unconditional; ``K > 0``: a class-conditional model of ``K``
     classes, trained on the data set's labels with label dropout ``p_uncond``, default 0.1, so that
@@ -88,6 +96,9 @@ class TrainConfig:
     num_res_blocks: int = _field(1, "U-Net residual blocks per level")
     attn_resolutions: Tuple[int, ...] = _field((), "U-Net levels (feature-map sizes) with attention")
     dropout: float = _field(0.0, "U-Net dropout, in [0, 1)")
+    unet_conditioning: str = _field("scale_shift", "U-Net: how a residual block takes the time and class embedding: "
+                                    "scale_shift (a scale and shift after its second norm) or add (DDPM's, before the "
+                                    "norm, which loses it at levels of at most 32 channels)")
     num_classes: int = _field(0, "0: unconditional; K > 0: a class-conditional model of K classes, trained with label "
                                  "dropout p_uncond so one network learns both scores (Ho & Salimans 2022); needs a "
                                  "data set with labels")
@@ -125,6 +136,7 @@ class TrainConfig:
             self.data_root = str(self.data_root)
         check_choice("sde", self.sde, SDE_KINDS)
         check_choice("net", self.net, NET_KINDS)
+        check_choice("unet_conditioning", self.unet_conditioning, UNET_CONDITIONINGS)
         check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("time_sampler", self.time_sampler, TIME_SAMPLERS)
@@ -168,9 +180,14 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: Dict[str, Any], *, stored: bool = False) -> "TrainConfig":
+        """The configuration of a dict; fields it lacks take their defaults, except that with
+        ``stored=True`` (a configuration a checkpoint holds) a U-Net configuration without a field of
+        :data:`LEGACY` gets its legacy value, so an old checkpoint rebuilds the network it trained."""
         if not isinstance(d, dict):
             raise TypeError(f"a TrainConfig is read from a dict, got {type(d).__name__}")
+        if stored and d.get("net") == "unet":
+            d = {**{k: v for k, v in LEGACY.items() if k not in d}, **d}
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown:
