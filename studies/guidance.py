@@ -15,7 +15,7 @@ labels ``0, 1, ..., 9`` repeated, from the same seed in every cell, and scored b
 The unconditional label (``-1``) row at the largest NFE shows what the same network does without
 a class. Writes ``guidance.csv``, ``guidance.md`` and ``guidance.png`` into ``--out`` (atomically).
 
-    python studies/guidance.py                               # ~10 min on 2 CPU cores (training ~5 of them)
+    python studies/guidance.py                               # ~13 min on 2 CPU cores (training ~6 of them)
     python studies/guidance.py --checkpoint runs/guidance/run   # reuse a trained model
     python studies/guidance.py --quick --out DIR             # seconds; what the test suite runs
 """
