@@ -97,6 +97,11 @@ class ScoreModel(nn.Module):
 
             The resolved choice is stored in :attr:`time_input`.
         time_scale: the factor of ``"scaled_t"`` (default 999).
+        net_kwargs: fixed keyword arguments passed to every network call, ``net(x, t_net, **net_kwargs)``
+            (e.g. ``return_dict=False`` or an option of a network trained elsewhere). They are the same
+            for every call, so they must not depend on the batch: per-sample inputs other than the
+            class labels ``y`` (which the guided 2B batch and the per-sample solver select row by
+            row) belong in a wrapper module.
 
     Calling the model, ``model(x, t, y=None)``, returns the score (as :meth:`score` and its alias
     :meth:`score_fn` do), so the model itself can be passed wherever a ``score_fn`` is expected;
@@ -116,8 +121,12 @@ class ScoreModel(nn.Module):
 
     def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "eps",
                  time_input: Union[str, Callable[[torch.Tensor], torch.Tensor]] = "auto", *,
-                 time_scale: float = 999.0):
+                 time_scale: float = 999.0, net_kwargs: Optional[dict] = None):
         super().__init__()
+        if net_kwargs is not None and not isinstance(net_kwargs, dict):
+            raise TypeError(f"net_kwargs must be a dict of keyword arguments, got {type(net_kwargs).__name__}")
+        if net_kwargs and "y" in net_kwargs:
+            raise ValueError("net_kwargs may not hold 'y': class labels are passed per call (model(x, t, y=...))")
         if not callable(net):
             raise TypeError(f"net must be a module called as net(x, t_net), got {type(net).__name__}")
         if not isinstance(sde, SDE):
@@ -139,6 +148,7 @@ class ScoreModel(nn.Module):
         self.parameterization = parameterization
         self.time_input = resolved
         self.time_scale = float(time_scale)
+        self.net_kwargs = dict(net_kwargs or {})
 
     # -- time ------------------------------------------------------------------------------------
     @staticmethod
@@ -192,14 +202,15 @@ class ScoreModel(nn.Module):
         check_x(x)
         self._check_like_net(x)
         t = self._time(t, x)
+        kw = self.net_kwargs
         if y is None:
-            out = self.net(x, self.net_time(t))
+            out = self.net(x, self.net_time(t), **kw)
         elif self.num_classes == 0:
             raise ValueError("this ScoreModel is unconditional (its network has num_classes=0) but was given class "
                              "labels y: pass y=None, or train a conditional model (a network built with "
                              "num_classes=K; TrainConfig(num_classes=K))")
         else:
-            out = self.net(x, self.net_time(t), y=y)
+            out = self.net(x, self.net_time(t), y=y, **kw)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the network must return a tensor shaped like x {tuple(x.shape)}, got {got}")

@@ -361,3 +361,25 @@ def test_num_classes_and_labels_for_an_unconditional_model():
             with pytest.raises(ValueError, match="unconditional.*num_classes"):
                 method(x, 0.5, y)
     assert cond.score(x, 0.5, y).shape == x.shape
+
+
+def test_net_kwargs_reach_every_network_call():
+    """ScoreModel wraps any net(x, t_net, **kw): fixed keywords go to every call, labels too."""
+    seen = []
+
+    class Needs(nn.Module):
+        num_classes = 2
+
+        def forward(self, x, t_net, *, scale, y=None):
+            seen.append((scale, None if y is None else y.tolist()))
+            return scale * x
+
+    model = ScoreModel(Needs(), VPSDE(), "eps", net_kwargs=dict(scale=2.0))
+    x = torch.ones(2, 3)
+    torch.testing.assert_close(model.net_output(x, 0.5), 2.0 * x)
+    model.eps(x, 0.5, y=torch.tensor([0, 1]))
+    assert seen == [(2.0, None), (2.0, [0, 1])]
+    with pytest.raises(ValueError, match="'y'"):
+        ScoreModel(Needs(), VPSDE(), net_kwargs=dict(y=1))
+    with pytest.raises(TypeError, match="dict"):
+        ScoreModel(Needs(), VPSDE(), net_kwargs=[("scale", 1.0)])
